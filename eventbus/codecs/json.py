@@ -1,0 +1,116 @@
+"""The default serializer: JSON through a preconfigured cattrs converter."""
+
+from __future__ import annotations
+
+import decimal
+import json
+import types
+import typing
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+from cattrs.preconf.json import JsonConverter
+from cattrs.preconf.json import make_converter as _make_json_converter
+
+T = TypeVar("T")
+
+#: The key that names the concrete class inside a union of message classes.
+UNION_TAG = "_type"
+
+
+def _is_class(tp: Any) -> bool:
+    return attrs.has(tp) or (isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"))
+
+
+def _union_members(tp: Any) -> list[Any]:
+    return [arg for arg in typing.get_args(tp) if arg is not type(None)]
+
+
+def _is_class_union(tp: Any) -> bool:
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return False
+    members = _union_members(tp)
+    return len(members) > 1 and all(_is_class(m) for m in members)
+
+
+def make_converter() -> JsonConverter:
+    """A cattrs converter for messages: cattrs' JSON preset plus the types it lacks.
+
+    On top of cattrs' preset (attrs classes, dataclasses, lists, dicts,
+    tuples, sets, Optional, Enum, ``datetime``/``date`` as ISO 8601,
+    ``bytes`` as base85) it writes ``Decimal`` and ``UUID`` as strings and
+    tags unions of classes with a ``"_type"`` key holding the class name, so
+    that two classes with the same fields still come back as the right one.
+    """
+    converter = _make_json_converter()
+    converter.register_unstructure_hook(decimal.Decimal, str)
+    converter.register_structure_hook(decimal.Decimal, lambda value, _: decimal.Decimal(value))
+    converter.register_unstructure_hook(uuid.UUID, str)
+    converter.register_structure_hook(uuid.UUID, lambda value, _: uuid.UUID(value))
+
+    def unstructure_union(tp: Any) -> Callable[[Any], Any]:
+        def unstructure(value: Any) -> Any:
+            if value is None:
+                return None
+            data = converter.unstructure(value, type(value))
+            data[UNION_TAG] = type(value).__name__
+            return data
+
+        return unstructure
+
+    def structure_union(tp: Any) -> Callable[[Any, Any], Any]:
+        by_tag = {member.__name__: member for member in _union_members(tp)}
+        optional = type(None) in typing.get_args(tp)
+
+        def structure(value: Any, _: Any) -> Any:
+            if value is None and optional:
+                return None
+            if not isinstance(value, dict) or value.get(UNION_TAG) not in by_tag:
+                raise ValueError(f"expected an object with {UNION_TAG!r} one of {sorted(by_tag)}, got {value!r}")
+            return converter.structure(value, by_tag[value[UNION_TAG]])
+
+        return structure
+
+    converter.register_unstructure_hook_factory(_is_class_union, unstructure_union)
+    converter.register_structure_hook_factory(_is_class_union, structure_union)
+    return converter
+
+
+class JsonSerializer:
+    """JSON bodies, structured and unstructured by cattrs.
+
+    Pass your own ``converter`` (for instance one from :func:`make_converter`
+    with extra hooks) to teach it more types. Encoding is strict JSON: NaN
+    and infinities are refused, so that any JSON reader can read the bodies.
+    """
+
+    name = "json"
+    content_type = "application/json"
+    executes_code = False
+
+    def __init__(self, converter: JsonConverter | None = None, *, name: str = "json") -> None:
+        self.name = name
+        self.converter = converter if converter is not None else make_converter()
+        self._encoder = json.JSONEncoder(
+            ensure_ascii=False, allow_nan=False, check_circular=False, separators=(",", ":")
+        ).encode
+        self._decoder = json.JSONDecoder().decode
+        self._unstructure: dict[type[Any], Callable[[Any], Any]] = {}
+        self._structure: dict[type[Any], Callable[[Any, Any], Any]] = {}
+
+    def encode(self, message: Any, cls: type[Any]) -> bytes:
+        """Unstructure ``message`` with cattrs and dump it as compact UTF-8 JSON."""
+        hook = self._unstructure.get(cls)
+        if hook is None:
+            hook = self._unstructure[cls] = self.converter.get_unstructure_hook(cls)
+        return self._encoder(hook(message)).encode()
+
+    def decode(self, data: bytes, cls: type[T]) -> T:
+        """Parse ``data`` as JSON and structure it into ``cls``."""
+        hook = self._structure.get(cls)
+        if hook is None:
+            hook = self._structure[cls] = self.converter.get_structure_hook(cls)
+        result: T = hook(self._decoder(data.decode()), cls)
+        return result
