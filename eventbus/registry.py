@@ -8,6 +8,7 @@ name and the base-class serializer bindings.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -112,10 +113,9 @@ class Registry:
                 if any(tp in other.types for other in recorded):
                     raise DeclarationError(f"@subscribe on {spec.name}: it already subscribes to {tp.__qualname__}")
             recorded.append(spec)
-            try:
+            # Bound methods and builtins take no attributes: they are registered below, nothing to bind later.
+            with contextlib.suppress(AttributeError):
                 setattr(fn, HANDLERS_ATTR, tuple(recorded))
-            except AttributeError as exc:
-                raise DeclarationError(f"@subscribe on {spec.name}: cannot mark {fn!r}: {exc}") from exc
             if not spec.is_method:
                 self._add_handler(spec)
             return fn

@@ -51,10 +51,16 @@ def is_fifo(name: str) -> bool:
     return name.endswith(".fifo")
 
 
+def _bound_to(fn: Callable[..., Any]) -> object | None:
+    owner = getattr(fn, "__self__", None)
+    return None if owner is None or inspect.ismodule(owner) else owner
+
+
 def callable_name(fn: Callable[..., Any]) -> str:
     """``module.qualname`` of a function or bound method: the handler's stable name."""
     target = fn.func if isinstance(fn, functools.partial) else fn
-    module = getattr(target, "__module__", None) or "?"
+    owner = _bound_to(target)
+    module = getattr(target, "__module__", None) or (type(owner).__module__ if owner is not None else "?")
     qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
     return f"{module}.{qualname}"
 
@@ -167,6 +173,8 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 
 def defined_in_class(fn: Callable[..., Any]) -> bool:
     """Whether ``fn`` was written inside a class body (a method to bind later)."""
+    if _bound_to(fn) is not None:
+        return False  # already bound: a handler as it is
     qualname = getattr(fn, "__qualname__", "")
     if "." not in qualname:
         return False

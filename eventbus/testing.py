@@ -136,6 +136,8 @@ class Testing:
     real policy (retries, then dead letter) and are recorded in ``errors``.
     """
 
+    __test__ = False  # not a pytest test class
+
     def __init__(self, *buses: Bus, raise_errors: bool = True) -> None:
         if not buses:
             raise ConfigurationError("Testing() needs at least one bus")

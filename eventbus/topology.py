@@ -52,7 +52,7 @@ class Topology:
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-ready data."""
-        return attrs.asdict(self, retain_collection_types=False)
+        return attrs.asdict(self)
 
     def to_json(self) -> str:
         """The plan as indented JSON."""

@@ -35,6 +35,33 @@ def _is_class_union(tp: Any) -> bool:
     return len(members) > 1 and all(_is_class(m) for m in members)
 
 
+def _strict_str(value: Any, _: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _strict_int(value: Any, _: Any) -> int:
+    # Integral strings are accepted because JSON object keys are always strings.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    raise TypeError(f"expected an integer, got {type(value).__name__} {value!r}")
+
+
+def _strict_float(value: Any, _: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"expected a number, got {type(value).__name__} {value!r}")
+
+
+def _strict_bool(value: Any, _: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise TypeError(f"expected true or false, got {type(value).__name__} {value!r}")
+
+
 def make_converter() -> JsonConverter:
     """A cattrs converter for messages: cattrs' JSON preset plus the types it lacks.
 
@@ -43,8 +70,15 @@ def make_converter() -> JsonConverter:
     ``bytes`` as base85) it writes ``Decimal`` and ``UUID`` as strings and
     tags unions of classes with a ``"_type"`` key holding the class name, so
     that two classes with the same fields still come back as the right one.
+    Scalars are structured strictly: a number is not silently turned into a
+    string, a float is not truncated into an int, ``1`` is not ``True``; a
+    message that breaks its schema is dead-lettered instead of handled.
     """
     converter = _make_json_converter()
+    converter.register_structure_hook(str, _strict_str)
+    converter.register_structure_hook(int, _strict_int)
+    converter.register_structure_hook(float, _strict_float)
+    converter.register_structure_hook(bool, _strict_bool)
     converter.register_unstructure_hook(decimal.Decimal, str)
     converter.register_structure_hook(decimal.Decimal, lambda value, _: decimal.Decimal(value))
     converter.register_unstructure_hook(uuid.UUID, str)
