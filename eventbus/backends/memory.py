@@ -51,6 +51,7 @@ class MemoryBroker:
         self._queues: dict[str, _Queue] = {}
         # topic -> queue -> manifests that queue takes from that topic
         self._subscriptions: dict[str, dict[str, frozenset[str]]] = {}
+        self._routes: dict[tuple[str, str], list[str]] = {}
         self._sequence = itertools.count()
 
     def declare(self, topology: Topology) -> None:
@@ -64,6 +65,7 @@ class MemoryBroker:
             for sub in topology.subscriptions:
                 queues = self._subscriptions.setdefault(sub.topic, {})
                 queues[sub.queue] = queues.get(sub.queue, frozenset()) | frozenset(sub.manifests)
+            self._routes = {}
 
     def _queue(self, name: str, dead_letter: str | None) -> _Queue:
         queue = self._queues.get(name)
@@ -73,7 +75,11 @@ class MemoryBroker:
 
     def route(self, topic: str, manifest: str) -> list[str]:
         """The queues a message with ``manifest`` published on ``topic`` goes to."""
-        return [q for q, manifests in self._subscriptions.get(topic, {}).items() if manifest in manifests]
+        queues = self._routes.get((topic, manifest))
+        if queues is None:
+            subscribed = self._subscriptions.get(topic, {})
+            queues = self._routes[(topic, manifest)] = [q for q, ms in subscribed.items() if manifest in ms]
+        return queues
 
     def publish(self, topic: str, envelope: Envelope) -> list[str]:
         """Copy ``envelope`` into every queue subscribed to it; return their names."""
@@ -98,12 +104,15 @@ class MemoryBroker:
                 target.ready.append(envelope)
             target.changed.notify()
 
-    def get(self, queue: str, timeout: float) -> Envelope | None:
-        """Take the next visible message of ``queue``, waiting up to ``timeout`` seconds."""
+    def get(self, queue: str, timeout: float, stopping: threading.Event | None = None) -> Envelope | None:
+        """Take the next visible message of ``queue``, waiting up to ``timeout`` seconds.
+
+        Returns ``None`` early once ``stopping`` is set (see :meth:`wake`).
+        """
         target = self._queues[queue]
         deadline = time.monotonic() + timeout
         with target.changed:
-            while True:
+            while stopping is None or not stopping.is_set():
                 now = time.monotonic()
                 target.promote_due(now)
                 if target.ready:
@@ -115,6 +124,7 @@ class MemoryBroker:
                 if wait <= 0 and now >= deadline:
                     return None
                 target.changed.wait(max(wait, 0.0))
+            return None
 
     def settle(self, queue: str) -> None:
         """Mark one message taken from ``queue`` as settled."""
@@ -205,7 +215,7 @@ class MemoryConsumer:
 
     def _work(self) -> None:
         while not self._stopping.is_set():
-            envelope = self._broker.get(self._queue, timeout=1.0)
+            envelope = self._broker.get(self._queue, timeout=1.0, stopping=self._stopping)
             if envelope is None:
                 continue
             delivery = MemoryDelivery(self._broker, self._queue, envelope)
