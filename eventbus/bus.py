@@ -80,6 +80,7 @@ class Bus:
         self._bound: list[HandlerSpec] = []
         self._loop = LoopThread(f"eventbus-{self.service}-asyncio")
         self._consumers: list[Consumer] = []
+        self._started = False
         self._lock = threading.RLock()
         self._refresh()
 
@@ -94,7 +95,7 @@ class Bus:
         dependencies without globals. Returns the bus, for chaining.
         """
         with self._lock:
-            if self._consumers:
+            if self._started:
                 raise ConfigurationError(f"{self!r}: include() handlers before start()")
             for target in targets:
                 if isinstance(target, (str, ModuleType)):
@@ -104,7 +105,14 @@ class Bus:
             self._refresh()
         return self
 
+    def _sync(self) -> None:
+        """Re-derive handlers and topology if the registry changed since (handlers imported late)."""
+        if self.registry.generation != self._generation and not self._started:
+            with self._lock:
+                self._refresh()
+
     def _refresh(self) -> None:
+        generation = self.registry.generation
         registered = self.registry.handlers()
         if self._modules:
             wanted = set(self._modules)
@@ -138,18 +146,22 @@ class Bus:
             )
             for queue, pairs in routes.items()
         }
+        self._generation = generation
 
     @property
     def handlers(self) -> tuple[HandlerSpec, ...]:
         """The handlers this bus runs."""
+        self._sync()
         return self._handlers
 
     def topology(self) -> Topology:
         """The broker resources this service needs, as plain data."""
+        self._sync()
         return self._topology
 
     def dispatchers(self) -> Mapping[str, Dispatcher]:
         """The dispatcher of each queue this service consumes."""
+        self._sync()
         return self._dispatchers
 
     @property
@@ -204,30 +216,37 @@ class Bus:
 
     def provision(self) -> None:
         """Create this service's topology on the broker (idempotent)."""
-        self._backend.provision(self._topology)
+        self._backend.provision(self.topology())
 
     def start(self) -> Bus:
         """Provision, then consume every queue of this service on background threads."""
         with self._lock:
-            if self._consumers:
+            if self._started:
                 raise ConfigurationError(f"{self!r} is already started")
             self.provision()
-            for queue, dispatcher in self._dispatchers.items():
-                self._consumers.append(
-                    self._backend.consume(queue, dispatcher, concurrency=self.concurrency, prefetch=self.prefetch)
-                )
-                log.info("%s consuming %s (%s)", self.service, queue, ", ".join(sorted(dispatcher.manifests)))
+            dispatchers = self.dispatchers()
+            self._started = True
+            try:
+                for queue, dispatcher in dispatchers.items():
+                    self._consumers.append(
+                        self._backend.consume(queue, dispatcher, concurrency=self.concurrency, prefetch=self.prefetch)
+                    )
+                    log.info("%s consuming %s (%s)", self.service, queue, ", ".join(sorted(dispatcher.manifests)))
+            except BaseException:
+                self.stop(timeout=5)
+                raise
         return self
 
     @property
     def running(self) -> bool:
-        """Whether consumers are running."""
-        return bool(self._consumers)
+        """Whether the bus was started and not stopped since."""
+        return self._started
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop consuming: in-flight messages finish (up to ``timeout``), the rest stay on the broker."""
         with self._lock:
             consumers, self._consumers = self._consumers, []
+            self._started = False
         deadline = time.monotonic() + timeout
         for consumer in consumers:
             consumer.stop(max(deadline - time.monotonic(), 0.0))
@@ -283,7 +302,7 @@ class Bus:
     def dead_letters(self, limit: int = 100) -> list[Envelope]:
         """Up to ``limit`` dead letters of each of this service's queues (not removed)."""
         found: list[Envelope] = []
-        for queue in self._topology.queues:
+        for queue in self.topology().queues:
             found.extend(self._backend.dead_letters(queue.name, limit))
         return found
 

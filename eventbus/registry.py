@@ -45,6 +45,8 @@ class Registry:
         self._handlers: dict[tuple[str, str], HandlerSpec] = {}
         self._serializers: dict[str, Serializer] = builtin_serializers()
         self._bindings: dict[type[Any], str] = {}
+        #: Grows with every change, so that a Bus can tell when to look again.
+        self.generation = 0
 
     # -- declaring --------------------------------------------------------
 
@@ -81,6 +83,7 @@ class Registry:
                     )
                 setattr(cls, MESSAGE_ATTR, spec)
                 self._messages[spec.manifest] = spec
+                self.generation += 1
             return cls
 
         return declare
@@ -127,6 +130,7 @@ class Registry:
             for tp in spec.types:
                 manifest = message_spec(tp).manifest  # type: ignore[union-attr]
                 self._handlers[(spec.name, manifest)] = spec
+            self.generation += 1
 
     # -- serializers ------------------------------------------------------
 
@@ -142,6 +146,7 @@ class Registry:
                     f"a serializer named {serializer.name!r} is already registered; pass replace=True to override it"
                 )
             self._serializers[serializer.name] = serializer
+            self.generation += 1
 
     def bind_serializer(self, base: type[Any], serializer: str) -> None:
         """Use ``serializer`` for every message type that subclasses ``base``.
@@ -153,6 +158,7 @@ class Registry:
             raise ConfigurationError(f"bind_serializer needs a class, got {base!r}")
         with self._lock:
             self._bindings[base] = serializer
+            self.generation += 1
 
     def get_serializer(self, name: str) -> Serializer:
         """The serializer registered as ``name``."""

@@ -165,6 +165,12 @@ class Testing:
     def __enter__(self) -> Testing:
         if self._active:
             raise ConfigurationError("this testing session is already active")
+        for bus in self.buses:
+            if bus.running:
+                raise ConfigurationError(
+                    f"{bus!r} is running: its workers would mix with the synchronous session. "
+                    "Call bus.stop() first, or do not start the bus in tests"
+                )
         transport = _TestingBackend(self)
         for bus in self.buses:
             self._broker.declare(bus.topology())

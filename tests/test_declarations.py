@@ -314,3 +314,14 @@ def test_reloading_a_module_replaces_its_declarations(registry: Registry) -> Non
         exec(source, namespace)
     assert [m.manifest for m in registry.messages()] == ["Reloaded"]
     assert len(registry.handlers()) == 1
+
+
+def test_handlers_declared_after_the_bus_are_picked_up(registry: Registry, placed: type, memory_url: str) -> None:
+    bus = Bus("svc", memory_url, registry=registry)
+    assert bus.topology().queues == ()
+    seen: list[object] = []
+    registry.subscribe(placed)(seen.append)  # e.g. a handlers module imported after the bus
+    assert [q.name for q in bus.topology().queues] == ["svc"]
+    with bus.testing():
+        bus.publish(placed("o-1"))
+    assert seen == [placed("o-1")]

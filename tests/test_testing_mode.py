@@ -6,7 +6,7 @@ from typing import Any
 import attrs
 import pytest
 
-from eventbus import Bus, Context, PublishError, Registry, Testing
+from eventbus import Bus, ConfigurationError, Context, PublishError, Registry, Testing
 from eventbus.backends.memory import MemoryBackend
 
 
@@ -292,3 +292,12 @@ def bus(registry: Registry, shop: dict[str, Any]) -> Bus:
 def test_pytest_plugin_fixture(bus: Bus, eventbus_testing: Testing, shop: dict[str, Any]) -> None:
     bus.publish(shop["OrderPlaced"]("o-1", 1200))
     assert eventbus_testing.published(shop["PaymentCharged"]) == [shop["PaymentCharged"]("o-1")]
+
+
+def test_testing_refuses_a_running_bus(registry: Registry, memory_url: str) -> None:
+    bus = Bus("shop", memory_url, registry=registry).start()
+    try:
+        with pytest.raises(ConfigurationError, match=r"is running.*Call bus.stop\(\) first"), bus.testing():
+            pass
+    finally:
+        bus.stop()

@@ -1,0 +1,40 @@
+# eventbus tasks. `just test` and `just demo` set up everything they need.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := ".venv"
+python := venv / "bin/python"
+
+# List the tasks.
+default:
+    @just --list
+
+# Create or update .venv with the package, its extras and the dev tools.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ ! -x {{python}} ]; then python3 -m venv {{venv}}; fi
+    stamp={{venv}}/.installed
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        {{python}} -m pip install --quiet --upgrade pip
+        {{python}} -m pip install --quiet -e '.[all,dev]'
+        touch "$stamp"
+    fi
+
+# Lint, type-check, then run the whole test suite.
+test *args: lint
+    {{python}} -m pytest {{args}}
+
+# ruff and mypy --strict.
+lint: setup
+    {{venv}}/bin/ruff check .
+    {{venv}}/bin/ruff format --check .
+    {{venv}}/bin/mypy --strict eventbus
+
+# Run the shop example end to end (memory:// unless EVENTBUS_URL is set).
+demo: setup
+    {{python}} -m examples.shop
+
+# Print the benchmark figures.
+bench: setup
+    {{python}} bench/memory.py
