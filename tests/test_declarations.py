@@ -325,3 +325,16 @@ def test_handlers_declared_after_the_bus_are_picked_up(registry: Registry, place
     with bus.testing():
         bus.publish(placed("o-1"))
     assert seen == [placed("o-1")]
+
+
+def test_include_a_package_imports_its_submodules() -> None:
+    from tests.fixtures.fakepkg import messages
+
+    bus = Bus("pkg", "memory://pkg", registry=messages.registry).include("tests.fixtures.fakepkg")
+    assert [h.name for h in bus.handlers] == ["tests.fixtures.fakepkg.sub.handlers.on_ping"]
+    with bus:  # start ... stop
+        bus.publish(messages.Ping(1))
+        from eventbus import wait_until
+
+        wait_until(lambda: messages.seen == [messages.Ping(1)])
+    assert not bus.running
