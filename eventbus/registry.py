@@ -29,6 +29,12 @@ def _same_definition(a: type[Any], b: type[Any]) -> bool:
     return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
 
 
+def _location(fn: Callable[..., Any]) -> tuple[str, int] | None:
+    """Where a function was written; a reloaded module gives the same place again."""
+    code = getattr(fn, "__code__", None)
+    return None if code is None else (code.co_filename, code.co_firstlineno)
+
+
 def _flatten(types: tuple[Any, ...]) -> tuple[Any, ...]:
     flat: list[Any] = []
     for item in types:
@@ -129,6 +135,12 @@ class Registry:
         with self._lock:
             for tp in spec.types:
                 manifest = message_spec(tp).manifest  # type: ignore[union-attr]
+                existing = self._handlers.get((spec.name, manifest))
+                if existing is not None and _location(existing.fn) != _location(spec.fn):
+                    raise DeclarationError(
+                        f"@subscribe on {spec.name}: another handler of {tp.__qualname__} has the same name; "
+                        "give each handler its own def (the name keys retries, dead letters and de-duplication)"
+                    )
                 self._handlers[(spec.name, manifest)] = spec
             self.generation += 1
 

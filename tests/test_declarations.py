@@ -338,3 +338,9 @@ def test_include_a_package_imports_its_submodules() -> None:
 
         wait_until(lambda: messages.seen == [messages.Ping(1)])
     assert not bus.running
+
+
+def test_two_handlers_with_one_name_fail(registry: Registry, placed: type) -> None:
+    registry.subscribe(placed)(lambda event: None)
+    with pytest.raises(DeclarationError, match=r"another handler of .*OrderPlaced has the same name"):
+        registry.subscribe(placed)(lambda event: None)

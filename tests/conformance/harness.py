@@ -1,0 +1,81 @@
+"""What the conformance suite needs to know about each backend.
+
+A harness builds buses on its backend with names unique to one test, says
+which optional capabilities the backend has, probes how many messages a
+queue still holds, and cleans up. The suite itself only uses the public Bus
+API plus ``bus.backend.send`` to inject raw messages.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pytest
+
+from eventbus import Bus, Registry
+from eventbus.backends.memory import MemoryBackend
+
+#: Optional capabilities a backend may declare.
+FIFO = "fifo"  # ordered delivery within a message group
+
+
+@attrs.define
+class Harness:
+    """One backend, as the conformance suite drives it."""
+
+    name: str
+    url: Callable[[str], str]
+    capabilities: frozenset[str]
+    pending: Callable[[Bus, str], int]
+    cleanup: Callable[[str], None] = lambda namespace: None
+    #: How much later than asked a retry may come back (broker timer granularity).
+    delay_slack: float = 0.5
+    #: Seconds to wait for a delivery before a test fails.
+    timeout: float = 10.0
+    namespace: str = attrs.field(factory=lambda: "c" + uuid.uuid4().hex[:10])
+    buses: list[Bus] = attrs.Factory(list)
+
+    def name_of(self, base: str) -> str:
+        """A topic or service name unique to this test."""
+        return f"{self.namespace}-{base}"
+
+    def bus(self, service: str, registry: Registry, **options: Any) -> Bus:
+        """A bus for ``service`` on this backend; stopped at teardown."""
+        bus = Bus(self.name_of(service), self.url(self.namespace), registry=registry, **options)
+        self.buses.append(bus)
+        return bus
+
+    def require(self, capability: str) -> None:
+        """Mark the test not applicable when the backend lacks ``capability``."""
+        if capability not in self.capabilities:
+            pytest.skip(f"not applicable: the {self.name} backend does not offer {capability!r}")
+
+    def close(self) -> None:
+        """Stop every bus and remove what the test created."""
+        for bus in self.buses:
+            bus.stop(timeout=10)
+        self.cleanup(self.namespace)
+
+
+def _memory_pending(bus: Bus, queue: str) -> int:
+    backend = bus.backend
+    assert isinstance(backend, MemoryBackend)
+    return backend.broker.depth(queue)
+
+
+def memory() -> Harness:
+    """The in-process broker."""
+    return Harness(
+        name="memory",
+        url=lambda namespace: f"memory://{namespace}",
+        capabilities=frozenset(),
+        pending=_memory_pending,
+        delay_slack=0.3,
+        timeout=5.0,
+    )
+
+
+HARNESSES: dict[str, Callable[[], Harness]] = {"memory": memory}
