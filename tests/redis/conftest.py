@@ -9,6 +9,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -103,7 +104,8 @@ def make_bus(url: str, registry: Registry) -> Iterator[Callable[..., Bus]]:
 class PrivateRedis:
     """A redis-server of our own on a free port, to stop and restart without disturbing anyone."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: str | None = None) -> None:
+        self.data_dir = data_dir  # given: an append-only file there, fsynced on every write, survives restarts
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -114,8 +116,11 @@ class PrivateRedis:
         server = shutil.which("redis-server")
         if server is None:
             pytest.fail("redis-server is not installed; the restart tests need it to run a private instance")
+        persistence = ["--appendonly", "no"]
+        if self.data_dir is not None:
+            persistence = ["--appendonly", "yes", "--appendfsync", "always", "--dir", self.data_dir]
         self._process = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -148,9 +153,18 @@ def private_redis() -> Iterator[PrivateRedis]:
 
 
 @pytest.fixture
-def settled(client: redis.Redis, prefix: str) -> Callable[[str], bool]:
-    """``settled(queue)``: whether the queue has nothing left (no pending, unread, waiting or delayed entry)."""
-    return lambda queue: is_settled(client, prefix, queue)
+def persistent_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A private server whose data survives a restart (append-only file, fsync on every write)."""
+    server = PrivateRedis(data_dir=str(tmp_path))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settled(client: redis.Redis, prefix: str) -> Callable[..., bool]:
+    """``settled(queue[, client])``: whether the queue has nothing pending, unread, waiting or delayed."""
+    return lambda queue, on=client: is_settled(on, prefix, queue)
 
 
 def is_settled(client: redis.Redis, prefix: str, queue: str, topics: tuple[str, ...] = ("orders", "payments")) -> bool:

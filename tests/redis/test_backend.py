@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -43,7 +44,7 @@ def test_from_url_picks_the_backend_and_reads_its_options(redis_url: str, prefix
 
 @pytest.mark.parametrize(
     "query",
-    ["maxlen=lots", "reclaim=0", "block=-1", "delivery_limit=-2", "block=20&socket_timeout=5"],
+    ["maxlen=lots", "reclaim=0", "block=-1", "delivery_limit=-2", "block=2&socket_timeout=2.5", "reclaim=3"],
 )
 def test_bad_url_options_say_what_is_wrong_without_the_password(query: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
@@ -244,7 +245,7 @@ def test_an_entry_that_keeps_killing_its_consumers_is_dead_lettered(
     def charge(event: Any) -> None:
         seen.append(event.order_id)
 
-    bus = make_bus("billing", url=f"{redis_url}?prefix={prefix}&reclaim=0.5&block=0.2&delivery_limit=2")
+    bus = make_bus("billing", url=f"{redis_url}?prefix={prefix}&reclaim=0.5&block=0.1&delivery_limit=2")
     bus.provision()
     bus.publish(kinds.OrderPlaced("o-1"))
     [entry] = _raw_take(client, prefix, "billing")
@@ -318,11 +319,16 @@ def test_topic_streams_are_trimmed_only_below_what_every_group_has_acknowledged(
     wait_until(lambda: settled("fast") and settled("late"), 5)
 
 
-def test_maxlen_caps_topic_streams(redis_url: str, prefix: str, client: redis.Redis) -> None:
+def test_maxlen_caps_topic_streams_and_close_leaves_the_backend_usable(
+    redis_url: str, prefix: str, client: redis.Redis
+) -> None:
     backend = from_url(f"{redis_url}?prefix={prefix}&maxlen=100")
     envelope = Envelope(body=b"{}", message_id="m", manifest="OrderPlaced")
     backend.publish_many([("orders", envelope)] * 1000)
     assert 100 <= client.xlen(f"{prefix}topic:orders") < 1000
+    backend.close()
+    backend.publish("orders", envelope)  # reconnects
+    assert client.xrevrange(f"{prefix}topic:orders", count=1)[0][1][b"message-id"] == b"m"
     backend.close()
 
 
@@ -376,5 +382,41 @@ def test_consumers_come_back_after_redis_restarts(
             "orders", Envelope(body=b'{"order_id": "o-2"}', message_id=uuid.uuid4().hex, manifest="OrderPlaced")
         )
         wait_until(lambda: seen == ["o-1", "o-2"], 10, message="consumption to resume")
+    finally:
+        bus.stop(timeout=5)
+
+
+def test_a_delivery_left_unsettled_while_redis_was_away_is_handled_again(
+    persistent_redis: PrivateRedis,
+    registry: Registry,
+    kinds: SimpleNamespace,
+    prefix: str,
+    settled: Callable[..., bool],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="eventbus.redis")
+    server = persistent_redis
+    attempts: list[int] = []
+    gate = threading.Event()
+
+    @registry.subscribe(kinds.OrderPlaced)
+    def charge(event: Any, ctx: Any) -> None:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            gate.wait(10)
+
+    url = f"{server.url}?prefix={prefix}&reclaim=1&block=0.2"
+    bus = Bus("billing", url, registry=registry).start()
+    try:
+        bus.publish(kinds.OrderPlaced("o-1"))
+        wait_until(lambda: attempts == [1], 10)
+        server.stop()
+        gate.set()  # the handler succeeds, but the ack cannot reach Redis
+        wait_until(lambda: any("stays pending" in r.getMessage() for r in caplog.records), 10)
+        server.start()  # the pending entry survived in the append-only file
+        wait_until(lambda: attempts == [1, 2], 15, message="the entry to be reclaimed and handled again")
+        private = redis.Redis.from_url(server.url)
+        wait_until(lambda: settled("billing", private), 5)
+        private.close()
     finally:
         bus.stop(timeout=5)
