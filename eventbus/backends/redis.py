@@ -246,6 +246,11 @@ class RedisBackend:
         for name in ("reclaim", "block"):
             if name in ours and ours[name] <= 0:
                 raise ConfigurationError(f"{redact_url(url)!r}: {name} must be a positive number of seconds")
+        if ours.get("reclaim", DEFAULT_RECLAIM) < 4 * ours.get("block", DEFAULT_BLOCK):
+            raise ConfigurationError(
+                f"{redact_url(url)!r}: reclaim must be at least 4 times block, so that a live consumer always "
+                "refreshes the entries it holds before another one may reclaim them"
+            )
         client = connect(urlunsplit(parts._replace(query=urlencode(rest))))
         timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         if timeout is not None and ours.get("block", DEFAULT_BLOCK) + 1 >= timeout:
@@ -575,7 +580,7 @@ class RedisConsumer:
     def _touch(self) -> None:
         """Reset the idle time of entries we have held for a while, so that nobody reclaims them."""
         reclaim_ms = int(self._backend.reclaim * 1000)
-        cutoff = time.monotonic() - self._backend.reclaim / 2
+        cutoff = time.monotonic() - self._backend.reclaim / 4
         with self._changed:
             stale = [key for key, touched in self._held.items() if touched < cutoff]
         if not stale:
@@ -616,7 +621,9 @@ class RedisConsumer:
             if not claimed:
                 continue
             ids = [entry_id for _, entry_id, _ in claimed]
-            pending = self._redis.xpending_range(stream, self.queue, ids[0], ids[-1], len(ids), self.name)
+            with self._changed:
+                span = len(ids) + len(self._held)  # entries we already hold may sit between the claimed ones
+            pending = self._redis.xpending_range(stream, self.queue, ids[0], ids[-1], span, self.name)
             counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
             log.warning(
                 "reclaimed %d entries of %s for %s left pending for over %gs (a consumer died or stalled)",
