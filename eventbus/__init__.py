@@ -33,6 +33,7 @@ from eventbus.errors import (
     SerializationError,
     TopologyConflictError,
 )
+from eventbus.redis_dedup import RedisDedupCache
 from eventbus.registry import Registry, default_registry, message, subscribe
 from eventbus.retry import Backoff
 from eventbus.testing import DeadLetter, Handled, HandlerError, Retried, Testing, wait_until, wait_until_async
@@ -59,6 +60,7 @@ __all__ = [
     "PickleSerializer",
     "PublishError",
     "QueuePlan",
+    "RedisDedupCache",
     "Registry",
     "Retried",
     "SerializationError",
