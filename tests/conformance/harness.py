@@ -8,15 +8,18 @@ API plus ``bus.backend.send`` to inject raw messages.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 import pytest
+import redis
 
 from eventbus import Bus, Registry
 from eventbus.backends.memory import MemoryBackend
+from eventbus.backends.redis import RedisBackend
 
 #: Optional capabilities a backend may declare.
 FIFO = "fifo"  # ordered delivery within a message group
@@ -78,4 +81,45 @@ def memory() -> Harness:
     )
 
 
-HARNESSES: dict[str, Callable[[], Harness]] = {"memory": memory}
+REDIS_URL = os.environ.get("EVENTBUS_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _redis_pending(bus: Bus, queue: str) -> int:
+    """Entries of the queue's group not yet acknowledged: read but pending, not yet read, or delayed."""
+    backend = bus.backend
+    assert isinstance(backend, RedisBackend)
+    client, keys = backend.redis, backend.keys
+    streams = [keys.queue(queue)] + [keys.topic(route.split(" ", 1)[0]) for route in backend.known_routes(queue)]
+    count = int(client.zcard(keys.delayed(queue)))
+    for stream in set(streams):
+        for group in client.xinfo_groups(stream):
+            if group["name"].decode() == queue:
+                count += int(group["pending"]) + int(group.get("lag") or 0)
+    return count
+
+
+def _redis_cleanup(namespace: str) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def redis_streams() -> Harness:
+    """Redis Streams on the shared server, with a key prefix of the test's own."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); start it (.ci/run does)")
+    return Harness(
+        name="redis",
+        url=lambda namespace: f"{REDIS_URL}?prefix={namespace}:&reclaim=2&block=0.2",
+        capabilities=frozenset(),
+        pending=_redis_pending,
+        cleanup=_redis_cleanup,
+        delay_slack=0.6,
+    )
+
+
+HARNESSES: dict[str, Callable[[], Harness]] = {"memory": memory, "redis": redis_streams}
