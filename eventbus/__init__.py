@@ -33,6 +33,7 @@ from eventbus.errors import (
     SerializationError,
     TopologyConflictError,
 )
+from eventbus.middleware import Middleware
 from eventbus.redis_dedup import RedisDedupCache
 from eventbus.registry import Registry, default_registry, message, subscribe
 from eventbus.retry import Backoff
@@ -57,6 +58,7 @@ __all__ = [
     "HandlerError",
     "JsonSerializer",
     "MemoryDedupCache",
+    "Middleware",
     "PickleSerializer",
     "PublishError",
     "QueuePlan",

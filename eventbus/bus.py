@@ -9,7 +9,7 @@ import pkgutil
 import signal
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import FrameType, ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +17,11 @@ from eventbus.aio import LoopThread
 from eventbus.backends import Backend, Consumer, from_url, redact_url
 from eventbus.context import current_envelope
 from eventbus.dedup import DedupCache
-from eventbus.dispatch import Dispatcher
+from eventbus.dispatch import Dispatcher, log_fields
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError, DeclarationError
 from eventbus.marshal import Marshaller
+from eventbus.middleware import Chain, Middleware, call_quietly
 from eventbus.registry import Registry, default_registry
 from eventbus.specs import HANDLERS_ATTR, MAX_QUEUE_LENGTH, HandlerSpec, check_resource_name, message_spec
 from eventbus.topology import Topology, plan, queue_name
@@ -45,7 +46,8 @@ class Bus:
     one. ``allow_pickle`` opts in to serializers that run code on decode.
     ``dedup`` is a de-duplication cache (see ``MemoryDedupCache``,
     ``RedisDedupCache``). ``concurrency`` handler threads run per queue,
-    with up to ``prefetch`` messages taken ahead.
+    with up to ``prefetch`` messages taken ahead. ``middleware`` hooks
+    around publishing and handling (see :class:`Middleware`).
 
     Handlers: the bus runs the handlers of the modules passed to
     :meth:`include`; if none was included, every handler in the registry.
@@ -64,6 +66,7 @@ class Bus:
         concurrency: int = 4,
         prefetch: int | None = None,
         backend: Backend | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.service = check_resource_name("service", service, f"Bus(service={service!r})", MAX_QUEUE_LENGTH)
         if concurrency < 1:
@@ -76,6 +79,7 @@ class Bus:
         self.concurrency = concurrency
         self.prefetch = prefetch if prefetch is not None else 2 * concurrency
         self._backend = backend if backend is not None else from_url(self.url)
+        self._middleware = Chain(middleware)
         self._modules: list[str] = []
         self._bound: list[HandlerSpec] = []
         self._loop = LoopThread(f"eventbus-{self.service}-asyncio")
@@ -143,6 +147,7 @@ class Bus:
                 bus=self,
                 loop=self._loop,
                 dedup=self.dedup,
+                middleware=self._middleware,
             )
             for queue, pairs in routes.items()
         }
@@ -193,14 +198,49 @@ class Bus:
         topic, envelope = self._marshaller.encode(
             message, parent=parent, headers=headers, correlation_id=correlation_id
         )
-        self._backend.publish(topic, envelope)
+        if self._middleware.publishes:
+            self._observed(message, envelope, lambda: self._backend.publish(topic, envelope))
+        else:
+            self._backend.publish(topic, envelope)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "published %s %s to %s", envelope.manifest, envelope.message_id, topic, extra=log_fields(envelope)
+            )
         return envelope.message_id
+
+    def _observed(self, message: Any, envelope: Envelope, publish: Callable[[], None]) -> None:
+        chain = self._middleware
+        for hook in chain.before_publish:
+            hook(message, envelope)
+        try:
+            publish()
+        except BaseException as error:
+            call_quietly(chain.publish_failed, message, envelope, error)
+            raise
+        call_quietly(chain.after_publish, message, envelope)
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add hooks around publishing and handling (see :class:`Middleware`)."""
+        self._middleware.add(middleware)
 
     def publish_many(self, messages: Iterable[Any], *, headers: Mapping[str, str] | None = None) -> list[str]:
         """Publish several messages in one go (batched where the broker allows); return their ids."""
         parent = current_envelope.get()
-        batch = [self._marshaller.encode(m, parent=parent, headers=headers) for m in messages]
-        self._backend.publish_many(batch)
+        objects = list(messages)
+        batch = [self._marshaller.encode(m, parent=parent, headers=headers) for m in objects]
+        chain = self._middleware
+        if chain.publishes:
+            for message, (_, envelope) in zip(objects, batch, strict=True):
+                for hook in chain.before_publish:
+                    hook(message, envelope)
+        try:
+            self._backend.publish_many(batch)
+        except BaseException as error:
+            for message, (_, envelope) in zip(objects, batch, strict=True):
+                call_quietly(chain.publish_failed, message, envelope, error)
+            raise
+        for message, (_, envelope) in zip(objects, batch, strict=True):
+            call_quietly(chain.after_publish, message, envelope)
         return [envelope.message_id for _, envelope in batch]
 
     def send(self, queue: str, message: Any, *, headers: Mapping[str, str] | None = None) -> str:
@@ -209,7 +249,10 @@ class Bus:
 
     def _send(self, queue: str, message: Any, *, parent: Envelope | None, headers: Mapping[str, str] | None) -> str:
         _, envelope = self._marshaller.encode(message, parent=parent, headers=headers)
-        self._backend.send(queue, envelope)
+        if self._middleware.publishes:
+            self._observed(message, envelope, lambda: self._backend.send(queue, envelope))
+        else:
+            self._backend.send(queue, envelope)
         return envelope.message_id
 
     # -- running --------------------------------------------------------------

@@ -25,6 +25,7 @@ from eventbus.dedup import Claim, DedupCache
 from eventbus.envelope import Envelope
 from eventbus.errors import DecodeError
 from eventbus.marshal import Marshaller
+from eventbus.middleware import Chain, call_quietly
 from eventbus.specs import HandlerSpec, message_spec
 
 log = logging.getLogger("eventbus.dispatch")
@@ -75,9 +76,11 @@ class Dispatcher:
         bus: _Publisher,
         loop: LoopThread,
         dedup: DedupCache | None = None,
+        middleware: Chain | None = None,
     ) -> None:
         self.service = service
         self.queue = queue
+        self._middleware = middleware if middleware is not None else Chain()
         self._marshaller = marshaller
         self._bus = bus
         self._loop = loop
@@ -142,15 +145,44 @@ class Dispatcher:
                     self._settle_claim(key, done=True)
         if not failures:
             delivery.ack()
-            return Outcome("ack", envelope, message, handled, skipped)
-        return self._settle(delivery, message, handled, skipped, failures, handlers)
+            outcome = Outcome("ack", envelope, message, handled, skipped)
+        else:
+            outcome = self._settle(delivery, message, handled, skipped, failures, handlers)
+        if self._middleware.settled:
+            call_quietly(self._middleware.settled, self.queue, outcome.envelope, outcome.action, outcome.reason)
+        return outcome
 
     # -- calling ----------------------------------------------------------
 
     def _invoke(self, handler: HandlerSpec, message: Any, envelope: Envelope) -> None:
-        args: tuple[Any, ...] = (message,)
-        if handler.takes_context:
-            args = (message, Context(self._bus, envelope, handler.name, self.queue))
+        chain = self._middleware
+        observed = chain.handles or log.isEnabledFor(logging.DEBUG)
+        ctx = Context(self._bus, envelope, handler.name, self.queue) if handler.takes_context or observed else None
+        args: tuple[Any, ...] = (message, ctx) if handler.takes_context else (message,)
+        if not observed:
+            self._call(handler, args, envelope)
+            return
+        assert ctx is not None
+        for hook in chain.before_handle:
+            hook(ctx, message)
+        started = time.perf_counter()
+        try:
+            self._call(handler, args, envelope)
+        except Exception as error:
+            call_quietly(chain.handle_failed, ctx, message, error, time.perf_counter() - started)
+            raise
+        duration = time.perf_counter() - started
+        call_quietly(chain.after_handle, ctx, message, duration)
+        log.debug(
+            "%s handled %s %s in %.1f ms",
+            handler.name,
+            envelope.manifest,
+            envelope.message_id,
+            duration * 1000,
+            extra=log_fields(envelope, queue=self.queue, handler=handler.name, duration=duration),
+        )
+
+    def _call(self, handler: HandlerSpec, args: tuple[Any, ...], envelope: Envelope) -> None:
         if handler.is_async:
             self._loop.run(_call_async(handler.fn, args, envelope))
             return
@@ -225,9 +257,11 @@ class Dispatcher:
             delivery.envelope.manifest or "no manifest",
             self.queue,
             error,
+            extra=log_fields(delivery.envelope, queue=self.queue, reason=error.reason),
         )
         dead = _with_error(delivery.envelope, error.reason, error, None, self.queue, self.service)
         delivery.dead_letter(dead)
+        call_quietly(self._middleware.settled, self.queue, dead, "dead_letter", error.reason)
         return Outcome("dead_letter", dead, reason=error.reason)
 
     def _log_failure(self, failure: Failure, envelope: Envelope) -> None:
@@ -243,7 +277,38 @@ class Dispatcher:
             what,
             failure.error,
             exc_info=failure.error if level == logging.ERROR else None,
+            extra=log_fields(envelope, queue=self.queue, handler=failure.handler),
         )
+
+
+def log_fields(
+    envelope: Envelope,
+    *,
+    queue: str | None = None,
+    handler: str | None = None,
+    duration: float | None = None,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """Structured fields for a log record (``logger.info(..., extra=log_fields(...))``).
+
+    JSON log formatters pick them up as top-level keys.
+    """
+    fields: dict[str, Any] = {
+        "message_id": envelope.message_id,
+        "manifest": envelope.manifest,
+        "correlation_id": envelope.correlation_id,
+        "causation_id": envelope.causation_id,
+        "attempt": envelope.attempt,
+    }
+    if queue is not None:
+        fields["queue"] = queue
+    if handler is not None:
+        fields["handler"] = handler
+    if duration is not None:
+        fields["duration_ms"] = round(duration * 1000, 3)
+    if reason is not None:
+        fields["reason"] = reason
+    return fields
 
 
 async def _call_async(fn: Callable[..., Any], args: tuple[Any, ...], envelope: Envelope) -> None:
