@@ -42,6 +42,28 @@ from eventbus.topology import QueuePlan, Subscription, Topology
 
 __version__ = "0.1.0"
 
+# Integrations whose dependencies are optional: imported on first use.
+_LAZY = {
+    "OpenTelemetryMiddleware": ("eventbus.contrib.otel", "otel"),
+    "PrometheusMiddleware": ("eventbus.contrib.prometheus", "prometheus"),
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'eventbus' has no attribute {name!r}")
+    module_name, extra = _LAZY[name]
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(
+            f"eventbus.{name} needs an extra dependency ({exc.name}): pip install eventbus[{extra}]"
+        ) from exc
+    return getattr(module, name)
+
+
 __all__ = [
     "Backoff",
     "Bus",
@@ -59,7 +81,9 @@ __all__ = [
     "JsonSerializer",
     "MemoryDedupCache",
     "Middleware",
+    "OpenTelemetryMiddleware",
     "PickleSerializer",
+    "PrometheusMiddleware",
     "PublishError",
     "QueuePlan",
     "RedisDedupCache",

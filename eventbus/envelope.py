@@ -81,7 +81,7 @@ class Envelope:
     timestamp: float = 0.0
     attempt: int = 1
     group_id: str | None = None
-    headers: Mapping[str, str] = attrs.field(factory=dict)
+    headers: dict[str, str] = attrs.field(factory=dict)
 
     def to_wire(self) -> dict[str, str]:
         """All fields except the body as one flat ``str -> str`` mapping."""

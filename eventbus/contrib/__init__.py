@@ -1,0 +1,1 @@
+"""Integrations with optional dependencies (``eventbus[otel]``, ``eventbus[prometheus]``)."""
