@@ -38,3 +38,7 @@ demo: setup
 # Print the benchmark figures.
 bench: setup
     {{python}} bench/memory.py
+
+# The fault suite: worker processes killed and stopped under load, broker faults.
+faults *args: setup
+    {{python}} -m pytest -m faults tests/faults -p no:cacheprovider {{args}}
