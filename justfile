@@ -42,3 +42,7 @@ bench: setup
 # The fault suite: worker processes killed and stopped under load, broker faults.
 faults *args: setup
     {{python}} -m pytest -m faults tests/faults -p no:cacheprovider {{args}}
+
+# Build the documentation site into site/ (strict: broken links fail).
+docs: setup
+    {{python}} -m mkdocs build --strict
