@@ -266,8 +266,8 @@ class Bus:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 previous[signum] = signal.signal(signum, on_signal)
-        self.start()
         try:
+            self.start()
             while not stop.wait(0.5):
                 pass
         finally:
