@@ -144,10 +144,10 @@ def _changes(wanted: Mapping[str, Any], found: Mapping[str, Any]) -> str:
         if isinstance(expected, tuple) and isinstance(actual, (tuple, list, set, frozenset)):
             lacking = sorted(set(expected) - set(actual))
             surplus = sorted(set(actual) - set(expected))
-            parts = [f"lacks {', '.join(lacking)}"] if lacking else []
-            parts += [f"has extra {', '.join(surplus)}"] if surplus else []
+            parts = [f"plan only {', '.join(lacking)}"] if lacking else []
+            parts += [f"broker only {', '.join(surplus)}"] if surplus else []
             if parts:
-                changes.append(f"{key} {'; '.join(parts)}")
+                changes.append(f"{key}: {'; '.join(parts)}")
         elif expected != actual:
             changes.append(f"{key}: plan {_show(expected)}, broker {_show(actual)}")
     return "; ".join(changes)
