@@ -9,12 +9,13 @@ import pkgutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from types import FrameType, ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from eventbus.aio import LoopThread
 from eventbus.backends import Backend, Consumer, from_url, redact_url
+from eventbus.backends.base import DeadLetterTools
 from eventbus.context import current_envelope
 from eventbus.dedup import DedupCache
 from eventbus.dispatch import Dispatcher, log_fields
@@ -308,8 +309,8 @@ class Bus:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 previous[signum] = signal.signal(signum, on_signal)
-        self.start()
         try:
+            self.start()
             while not stop.wait(0.5):
                 pass
         finally:
@@ -348,6 +349,45 @@ class Bus:
         for queue in self.topology().queues:
             found.extend(self._backend.dead_letters(queue.name, limit))
         return found
+
+    def replay_dead_letters(
+        self, queue: str | None = None, *, limit: int | None = None, message_ids: Collection[str] | None = None
+    ) -> list[str]:
+        """Move dead letters back to their queue to be handled again; return their message ids.
+
+        ``queue`` is one of this service's queues (default: each of them);
+        at most ``limit`` per queue, oldest first, and only those whose id is
+        in ``message_ids`` when given. A replayed message keeps its id, starts
+        again at attempt 1 and loses its ``error-*`` headers.
+        """
+        tools = self._dead_letter_tools("replay")
+        moved: list[str] = []
+        for name in self._queue_names(queue):
+            moved.extend(tools.replay_dead_letters(name, limit=limit, message_ids=message_ids))
+        return moved
+
+    def purge_dead_letters(self, queue: str | None = None) -> int:
+        """Delete the dead letters of ``queue`` (default: of each of this service's queues); return how many."""
+        tools = self._dead_letter_tools("purge")
+        return sum(tools.purge_dead_letters(name) for name in self._queue_names(queue))
+
+    def _queue_names(self, queue: str | None) -> list[str]:
+        names = [plan.name for plan in self.topology().queues]
+        if queue is None:
+            return names
+        if queue not in names:
+            raise ConfigurationError(
+                f"{queue!r} is not a queue of service {self.service!r}; its queues: {', '.join(names) or 'none'}"
+            )
+        return [queue]
+
+    def _dead_letter_tools(self, action: str) -> DeadLetterTools:
+        if not isinstance(self._backend, DeadLetterTools):
+            raise ConfigurationError(
+                f"the {type(self._backend).__name__} of {self!r} cannot {action} dead letters "
+                "(it does not implement eventbus.backends.base.DeadLetterTools)"
+            )
+        return self._backend
 
     def __repr__(self) -> str:
         return f"<Bus service={self.service!r} url={redact_url(self.url)!r}>"

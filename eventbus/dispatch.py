@@ -150,6 +150,18 @@ class Dispatcher:
             outcome = self._settle(delivery, message, handled, skipped, failures, handlers)
         if self._middleware.settled:
             call_quietly(self._middleware.settled, self.queue, outcome.envelope, outcome.action, outcome.reason)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s %s %s attempt %d: %s%s%s",
+                self.queue,
+                envelope.manifest,
+                envelope.message_id,
+                envelope.attempt,
+                outcome.action.replace("_", "-"),
+                "" if outcome.delay is None else f" in {outcome.delay:.1f}s",
+                "" if outcome.reason is None else f" ({outcome.reason})",
+                extra=log_fields(envelope, queue=self.queue, reason=outcome.reason),
+            )
         return outcome
 
     # -- calling ----------------------------------------------------------

@@ -7,10 +7,13 @@ each delivery through ``ack``, ``retry`` or ``dead_letter``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Collection, Sequence
+from typing import Protocol, runtime_checkable
 
-from eventbus.envelope import Envelope
+import attrs
+
+from eventbus.envelope import ERROR_HEADERS, Envelope
+from eventbus.inspection import TopologyReport
 from eventbus.topology import Topology
 
 
@@ -82,3 +85,49 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release connections and threads."""
         ...
+
+
+# -- optional capabilities: the operations tools use them when a backend has them --
+
+
+@runtime_checkable
+class TopologyInspector(Protocol):
+    """A backend that can compare a topology with what the broker has."""
+
+    def inspect(self, topology: Topology) -> TopologyReport:
+        """What ``topology`` lacks, has in excess or has otherwise on the broker; changes nothing.
+
+        Build it with :func:`eventbus.inspection.compare` from the resources
+        found (see :mod:`eventbus.inspection`).
+        """
+        ...
+
+
+@runtime_checkable
+class DeadLetterTools(Protocol):
+    """A backend that can move dead letters back to their queue and delete them."""
+
+    def replay_dead_letters(
+        self, queue: str, *, limit: int | None = None, message_ids: Collection[str] | None = None
+    ) -> list[str]:
+        """Move dead letters of ``queue`` back onto ``queue``, oldest first; return their message ids.
+
+        Only those whose id is in ``message_ids`` when given, at most
+        ``limit`` when given. Each goes back as :func:`replayed` makes it; the
+        copy is stored on the queue before the dead letter is removed.
+        """
+        ...
+
+    def purge_dead_letters(self, queue: str) -> int:
+        """Delete every dead letter of ``queue``; return how many there were."""
+        ...
+
+
+def replayed(envelope: Envelope) -> Envelope:
+    """A dead letter as it goes back to its queue: same message id, attempt 1, no ``error-*`` headers.
+
+    Keeping the id lets a de-duplication cache skip the handlers that had
+    already succeeded on it.
+    """
+    kept = {key: value for key, value in envelope.headers.items() if key not in ERROR_HEADERS}
+    return attrs.evolve(envelope, attempt=1, headers=kept)

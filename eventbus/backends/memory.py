@@ -15,10 +15,11 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from urllib.parse import urlsplit
 
-from eventbus.backends.base import Consumer, DeliveryHandler
+from eventbus import inspection
+from eventbus.backends.base import Consumer, DeliveryHandler, replayed
 from eventbus.envelope import Envelope
 from eventbus.errors import PublishError
 from eventbus.topology import Topology, dead_letter_name
@@ -162,6 +163,44 @@ class MemoryBroker:
         with target.changed:
             return target.depth()
 
+    def remove(self, queue: str, envelope: Envelope) -> bool:
+        """Take this very ``envelope`` out of ``queue`` if it is still waiting there."""
+        target = self._queues.get(queue)
+        if target is None:
+            return False
+        with target.changed:
+            for i, waiting in enumerate(target.ready):
+                if waiting is envelope:
+                    del target.ready[i]
+                    return True
+            for i, (_, _, delayed) in enumerate(target.delayed):
+                if delayed is envelope:
+                    target.delayed.pop(i)
+                    heapq.heapify(target.delayed)
+                    return True
+        return False
+
+    def purge(self, queue: str) -> int:
+        """Delete the messages waiting in ``queue`` (ready and delayed); return how many."""
+        target = self._queues.get(queue)
+        if target is None:
+            return 0
+        with target.changed:
+            count = len(target.ready) + len(target.delayed)
+            target.ready.clear()
+            target.delayed.clear()
+            return count
+
+    def queues(self) -> dict[str, str | None]:
+        """Every queue, with its dead-letter queue (``None`` for a dead-letter queue itself)."""
+        with self._lock:
+            return {name: queue.dead_letter for name, queue in self._queues.items()}
+
+    def subscriptions(self) -> dict[str, dict[str, frozenset[str]]]:
+        """Every topic, with the queues subscribed to it and the manifests each takes."""
+        with self._lock:
+            return {topic: dict(queues) for topic, queues in self._subscriptions.items()}
+
 
 class MemoryDelivery:
     """A message taken from a memory queue."""
@@ -286,6 +325,45 @@ class MemoryBackend:
     def dead_letters(self, queue: str, limit: int) -> list[Envelope]:
         """The first ``limit`` dead letters of ``queue``."""
         return self.broker.messages(self.broker.dead_letter_queue(queue))[:limit]
+
+    def inspect(self, topology: Topology) -> inspection.TopologyReport:
+        """Compare ``topology`` with the broker's topics, queues and subscriptions."""
+        queues = self.broker.queues()
+        subscriptions = self.broker.subscriptions()
+        found: inspection.Resources = {(inspection.TOPIC, t): {} for t in topology.topics if t in subscriptions}
+        for plan in topology.queues:
+            if plan.name in queues:
+                found[(inspection.QUEUE, plan.name)] = {"dead_letter": queues[plan.name]}
+            if plan.dead_letter in queues:
+                found[(inspection.DEAD_LETTER_QUEUE, plan.dead_letter)] = {}
+            for topic, subscribed in subscriptions.items():
+                if plan.name in subscribed:
+                    name = inspection.subscription_name(topic, plan.name)
+                    found[(inspection.SUBSCRIPTION, name)] = {"manifests": tuple(sorted(subscribed[plan.name]))}
+        return inspection.compare(topology, found)
+
+    def replay_dead_letters(
+        self, queue: str, *, limit: int | None = None, message_ids: Collection[str] | None = None
+    ) -> list[str]:
+        """Move dead letters of ``queue`` back to it: a copy goes on the queue, then the dead letter goes."""
+        if not self.broker.has_queue(queue):
+            raise PublishError(f"no queue named {queue!r}; provision the service that consumes it first")
+        source = self.broker.dead_letter_queue(queue)
+        wanted = None if message_ids is None else set(message_ids)
+        moved: list[str] = []
+        for envelope in self.broker.messages(source):
+            if limit is not None and len(moved) >= limit:
+                break
+            if wanted is not None and envelope.message_id not in wanted:
+                continue
+            self.broker.put(queue, replayed(envelope))
+            if self.broker.remove(source, envelope):
+                moved.append(envelope.message_id)
+        return moved
+
+    def purge_dead_letters(self, queue: str) -> int:
+        """Delete the dead letters of ``queue``."""
+        return self.broker.purge(self.broker.dead_letter_queue(queue))
 
     def close(self) -> None:
         """Nothing to release."""

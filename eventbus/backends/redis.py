@@ -26,7 +26,7 @@ import queue as queues
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -36,8 +36,9 @@ from redis.backoff import EqualJitterBackoff
 from redis.retry import Retry
 
 from eventbus import envelope as headers
+from eventbus import inspection
 from eventbus.backends import redact_url
-from eventbus.backends.base import Consumer, DeliveryHandler
+from eventbus.backends.base import Consumer, DeliveryHandler, replayed
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError, EventbusError, PublishError, TopologyConflictError
 from eventbus.topology import Topology, dead_letter_name
@@ -117,6 +118,16 @@ for _, key in ipairs(KEYS) do
   end
 end
 return 0
+"""
+
+# Move one dead letter back to its queue: delete it from the dead-letter
+# stream and add the copy to the queue's stream, or do nothing if it is gone
+# (another replay took it). KEYS[1] dead-letter stream, KEYS[2] the queue's
+# stream; ARGV[1] the entry id, ARGV[2..] the fields of the copy.
+_REPLAY = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+return 1
 """
 
 
@@ -218,6 +229,7 @@ class RedisBackend:
         self._promote = client.register_script(_PROMOTE)
         self._trim = client.register_script(_TRIM)
         self._forget = client.register_script(_FORGET)
+        self._replay = client.register_script(_REPLAY)
         self._lock = threading.Lock()
         self._dead_letters: dict[str, str] = {}
         self._routes: dict[str, set[str]] = {}
@@ -361,6 +373,112 @@ class RedisBackend:
         """The oldest ``limit`` entries of the queue's dead-letter stream (XRANGE: nothing is removed)."""
         entries = self.redis.xrange(self.keys.queue(self.dead_letter_queue(queue)), count=limit)
         return [from_fields(fields) for _, fields in entries]
+
+    def replay_dead_letters(
+        self, queue: str, *, limit: int | None = None, message_ids: Collection[str] | None = None
+    ) -> list[str]:
+        """Move dead letters back to the queue's own stream, oldest first; return their message ids.
+
+        Each one moves in a script (delete from the dead-letter stream, add to
+        the queue's stream), so it is neither lost nor replayed twice.
+        """
+        source = self.keys.queue(self.dead_letter_queue(queue))
+        target = self.keys.queue(queue)
+        wanted = None if message_ids is None else set(message_ids)
+        moved: list[str] = []
+        start = "-"
+        while limit is None or len(moved) < limit:
+            entries = self.redis.xrange(source, min=start, count=100)
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                start = f"({_text(entry_id)}"
+                envelope = from_fields(fields)
+                if wanted is not None and envelope.message_id not in wanted:
+                    continue
+                args: list[Any] = [entry_id]
+                for key, value in to_fields(replayed(envelope)).items():
+                    args += [key, value]
+                if self._replay(keys=[source, target], args=args):
+                    moved.append(envelope.message_id)
+                if limit is not None and len(moved) >= limit:
+                    break
+        return moved
+
+    def purge_dead_letters(self, queue: str) -> int:
+        """Empty the queue's dead-letter stream (XTRIM MAXLEN 0: its group stays); return how many went."""
+        return int(self.redis.xtrim(self.keys.queue(self.dead_letter_queue(queue)), maxlen=0, approximate=False))
+
+    def inspect(self, topology: Topology) -> inspection.TopologyReport:
+        """Compare ``topology`` with the streams, groups and routes in Redis; change nothing.
+
+        Topic streams come into being with the first publish, so a topic is
+        only checked for being a stream if its key exists. A queue and its
+        dead-letter queue are streams with a group of their name; a
+        subscription is the queue's group on the topic's stream plus its
+        routes (``"topic manifest"`` in the queue's routes set). Routes to
+        topics outside the plan are reported as extra subscriptions.
+        """
+        queue_names = [name for plan in topology.queues for name in (plan.name, plan.dead_letter)]
+        routes: dict[str, dict[str, set[str]]] = {}
+        pipe = self.redis.pipeline(transaction=False)
+        for plan in topology.queues:
+            pipe.smembers(self.keys.routes(plan.name))
+        for plan, members in zip(topology.queues, pipe.execute(), strict=True):
+            for member in members:
+                topic, _, manifest = _text(member).partition(" ")
+                routes.setdefault(plan.name, {}).setdefault(topic, set()).add(manifest)
+        subscribed = {(sub.topic, sub.queue) for sub in topology.subscriptions}
+        for queue, by_topic in routes.items():
+            subscribed.update((topic, queue) for topic in by_topic)
+        streams = sorted(
+            {self.keys.queue(name) for name in queue_names}
+            | {self.keys.topic(topic) for topic, _ in subscribed}
+            | {self.keys.topic(topic) for topic in topology.topics}
+        )
+        groups = self._groups(streams)
+
+        found: inspection.Resources = {}
+        problems: list[inspection.Difference] = []
+        for topic in topology.topics:
+            kind = groups.get(self.keys.topic(topic))
+            found[(inspection.TOPIC, topic)] = {}
+            if isinstance(kind, str):
+                problems.append(inspection.Difference(inspection.TOPIC, topic, f"key is a {kind}, not a stream"))
+        for plan in topology.queues:
+            for kind, name in ((inspection.QUEUE, plan.name), (inspection.DEAD_LETTER_QUEUE, plan.dead_letter)):
+                present = groups.get(self.keys.queue(name))
+                if present is None:
+                    continue
+                found[(kind, name)] = {}
+                if isinstance(present, str):
+                    problems.append(inspection.Difference(kind, name, f"key is a {present}, not a stream"))
+                elif name not in present:
+                    problems.append(inspection.Difference(kind, name, f"its stream has no consumer group {name!r}"))
+        planned = {(sub.topic, sub.queue) for sub in topology.subscriptions}
+        for topic, queue in sorted(subscribed):
+            grouped = groups.get(self.keys.topic(topic))
+            manifests = tuple(sorted(routes.get(queue, {}).get(topic, ())))
+            # A planned subscription is there when the queue's group is on the topic's stream;
+            # routes to a topic outside the plan are extra, group or not.
+            if (isinstance(grouped, set) and queue in grouped) or (topic, queue) not in planned:
+                found[(inspection.SUBSCRIPTION, inspection.subscription_name(topic, queue))] = {"manifests": manifests}
+        return inspection.compare(topology, found, problems)
+
+    def _groups(self, streams: Sequence[str]) -> dict[str, set[str] | str]:
+        """For each existing key: the names of its consumer groups, or its type when it is not a stream."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in streams:
+            pipe.type(key)
+        types = dict(zip(streams, (_text(t) for t in pipe.execute()), strict=True))
+        existing = [key for key, kind in types.items() if kind == "stream"]
+        pipe = self.redis.pipeline(transaction=False)
+        for key in existing:
+            pipe.xinfo_groups(key)
+        result: dict[str, set[str] | str] = {key: kind for key, kind in types.items() if kind not in ("stream", "none")}
+        for key, infos in zip(existing, pipe.execute(), strict=True):
+            result[key] = {_text(info["name"]) for info in infos}
+        return result
 
     def close(self) -> None:
         """Close the connections; they reopen on next use."""
