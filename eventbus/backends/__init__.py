@@ -13,6 +13,7 @@ __all__ = ["Backend", "Consumer", "Delivery", "DeliveryHandler", "from_url", "re
 # scheme -> (module, class, pip extra)
 _SCHEMES: dict[str, tuple[str, str, str]] = {
     "memory": ("eventbus.backends.memory", "MemoryBackend", ""),
+    "sqs": ("eventbus.backends.sqs", "SqsBackend", "sqs"),
 }
 
 
