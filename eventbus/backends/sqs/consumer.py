@@ -5,6 +5,11 @@ fewer than ``prefetch`` are held; worker threads run the handler; a keeper
 thread deletes settled messages in batches of up to 10 and keeps extending
 the visibility timeout of every held message, so that a slow handler's
 message is not delivered again while the handler runs.
+
+On a FIFO queue one receive may bring several messages of one message
+group: they are handled one after the other, in order, and when one of
+them is retried the ones behind it are returned to the queue, where SQS
+keeps them behind it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from queue import Empty, Queue
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,6 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from eventbus.backends.base import DeliveryHandler
 from eventbus.backends.sqs import wire
 from eventbus.envelope import Envelope
+from eventbus.specs import is_fifo
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -53,7 +60,17 @@ class DeadLetterSender(Protocol):
 class SqsDelivery:
     """A message received from an SQS queue."""
 
-    __slots__ = ("_consumer", "envelope", "queue", "receipt", "received_at", "settled", "started", "visible_until")
+    __slots__ = (
+        "_consumer",
+        "envelope",
+        "outcome",
+        "queue",
+        "receipt",
+        "received_at",
+        "settled",
+        "started",
+        "visible_until",
+    )
 
     def __init__(self, consumer: SqsConsumer, receipt: str, envelope: Envelope, visibility: int) -> None:
         self._consumer = consumer
@@ -64,10 +81,16 @@ class SqsDelivery:
         self.visible_until = self.received_at + visibility
         self.settled = False
         self.started = False
+        self.outcome = ""  # ack, retry or dead_letter once settled by the handler
+
+    @property
+    def group(self) -> str:
+        """The FIFO message group ('' on standard queues)."""
+        return self.envelope.group_id or ""
 
     def ack(self) -> None:
         """Handled: delete the message (batched with others)."""
-        self._consumer._settle(self)
+        self._consumer._settle(self, "ack")
         self._consumer._delete_later(self)
 
     def retry(self, envelope: Envelope, delay: float) -> None:
@@ -82,7 +105,7 @@ class SqsDelivery:
         if self.settled:
             raise RuntimeError(f"message {self.envelope.message_id} was already settled")
         self._consumer._dead_letters.send_dead_letter(self.queue, envelope)
-        self._consumer._settle(self)
+        self._consumer._settle(self, "dead_letter")
         self._consumer._delete_later(self)
 
 
@@ -110,6 +133,9 @@ class SqsConsumer:
         self._wait = wait
         self._visibility = visibility
         self._capacity = max(prefetch, concurrency, 1)
+        self._fifo = is_fifo(queue)
+        # FIFO: message groups being handled -> their messages waiting behind; guarded by _changed
+        self._groups: dict[str, deque[SqsDelivery]] = {}
         self._ready: Queue[SqsDelivery | None] = Queue()
         self._deletes: Queue[SqsDelivery | None] = Queue()
         self._held: dict[str, SqsDelivery] = {}  # received, not settled; guarded by _changed
@@ -155,7 +181,7 @@ class SqsConsumer:
             if self._stopping.is_set():
                 self._release(deliveries)
                 return
-            for delivery in deliveries:
+            for delivery in self._startable(deliveries):
                 self._ready.put(delivery)
 
     def _room(self) -> int:
@@ -167,6 +193,37 @@ class SqsConsumer:
                 self._changed.wait(0.5)
                 return 0
             return min(room, BATCH)
+
+    def _startable(self, deliveries: list[SqsDelivery]) -> list[SqsDelivery]:
+        """The deliveries workers may start now; on FIFO, later ones of a busy group wait their turn."""
+        if not self._fifo:
+            return deliveries
+        ready = []
+        with self._changed:
+            for delivery in deliveries:
+                waiting = self._groups.get(delivery.group)
+                if waiting is None:
+                    self._groups[delivery.group] = deque()
+                    ready.append(delivery)
+                else:
+                    waiting.append(delivery)
+        return ready
+
+    def _next_in_group(self, done: SqsDelivery) -> None:
+        """FIFO: start the next message of ``done``'s group, or return them all if ``done`` will come back."""
+        if not self._fifo:
+            return
+        with self._changed:
+            waiting = self._groups.get(done.group, deque())
+            if waiting and done.outcome in ("ack", "dead_letter"):
+                following: SqsDelivery | None = waiting.popleft()
+                behind: list[SqsDelivery] = []
+            else:
+                following, behind = None, list(waiting)
+                self._groups.pop(done.group, None)
+        if following is not None:
+            self._ready.put(following)
+        self._release(behind)
 
     def _track(self, message: MessageTypeDef) -> SqsDelivery:
         envelope = wire.decode(message, count_attempts=True)
@@ -196,14 +253,16 @@ class SqsConsumer:
                 )
             if not delivery.settled:
                 self._forget(delivery)
+            self._next_in_group(delivery)
 
     # -- settling -------------------------------------------------------------
 
-    def _settle(self, delivery: SqsDelivery) -> None:
+    def _settle(self, delivery: SqsDelivery, outcome: str) -> None:
         with self._changed:
             if delivery.settled:
                 raise RuntimeError(f"message {delivery.envelope.message_id} was already settled")
             delivery.settled = True
+            delivery.outcome = outcome
             self._held.pop(delivery.receipt, None)
             self._changed.notify_all()
 
@@ -219,7 +278,7 @@ class SqsConsumer:
 
     def _retry(self, delivery: SqsDelivery, delay: float) -> None:
         with self._visibility_lock:  # so that the keeper cannot extend it afterwards
-            self._settle(delivery)
+            self._settle(delivery, "retry")
             left = MAX_VISIBILITY - int(time.monotonic() - delivery.received_at) - 1
             timeout = max(min(round(delay), left), 0)
             try:
