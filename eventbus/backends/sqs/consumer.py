@@ -170,10 +170,16 @@ class SqsConsumer:
                     MessageAttributeNames=["All"],
                     MessageSystemAttributeNames=SYSTEM_ATTRIBUTES,
                 )
-            except AWS_ERRORS as exc:
+            except Exception as exc:  # never let the poller die: the queue would go silent
                 failures += 1
                 delay = min(0.5 * 2**failures, 30.0)
-                log.warning("receiving from %s failed (%s); trying again in %.1fs", self.queue, exc, delay)
+                log.warning(
+                    "receiving from %s failed (%s); trying again in %.1fs",
+                    self.queue,
+                    exc,
+                    delay,
+                    exc_info=not isinstance(exc, AWS_ERRORS),
+                )
                 self._stopping.wait(delay)
                 continue
             failures = 0
@@ -308,12 +314,16 @@ class SqsConsumer:
         tick = min(max(self._visibility / 4, 0.2), 10.0)
         next_check = time.monotonic() + tick
         while True:
-            batch = self._next_deletes(max(next_check - time.monotonic(), 0.0))
-            if batch:
-                self._delete(batch)
-            if time.monotonic() >= next_check:
-                self._extend()
-                next_check = time.monotonic() + tick
+            try:
+                batch = self._next_deletes(max(next_check - time.monotonic(), 0.0))
+                if batch:
+                    self._delete(batch)
+                if time.monotonic() >= next_check:
+                    self._extend()
+                    next_check = time.monotonic() + tick
+            except Exception:  # never let the keeper die: held messages would reappear under their handlers
+                log.exception("upkeep of %s failed; carrying on", self.queue)
+                time.sleep(0.1)
             if self._closing.is_set() and self._deletes.empty():
                 return
 
