@@ -11,18 +11,23 @@ subscription -> SQS queue):
 * eventbus: ``bus.publish_many`` (PublishBatch, 10 per call); then the sqs://
   consumer (receives of 10, worker threads, DeleteMessageBatch).
 
-Run: ``.venv/bin/python bench/sqs.py [--messages 300] [--endpoint http://127.0.0.1:PORT]``
+``--latency MS`` puts a proxy in front of the server that adds MS milliseconds
+to every call, as the network to AWS would; the server on 127.0.0.1 has none.
+
+Run: ``.venv/bin/python bench/sqs.py [--messages 300] [--latency 10] [--endpoint http://127.0.0.1:PORT]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -38,6 +43,49 @@ from eventbus.backends.sqs import wire
 
 REGION = "us-east-1"
 CREDENTIALS = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench"}
+
+
+@contextmanager
+def network_delay(endpoint: str, latency: float) -> Iterator[str]:
+    """A TCP proxy in front of ``endpoint`` adding ``latency`` seconds to each request/response exchange.
+
+    It stands in for the network between a service and AWS (a few to tens of
+    milliseconds per call), which a server on 127.0.0.1 does not have.
+    """
+    if latency <= 0:
+        yield endpoint
+        return
+    upstream = urllib.parse.urlsplit(endpoint)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+
+    def pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                time.sleep(latency / 2)
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                target.shutdown(socket.SHUT_WR)
+
+    def accept() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection((upstream.hostname, upstream.port))
+            threading.Thread(target=pump, args=(client, server), daemon=True).start()
+            threading.Thread(target=pump, args=(server, client), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
 
 
 @contextmanager
@@ -197,11 +245,16 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--endpoint", help="an SNS/SQS server to use instead of starting moto_server")
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="milliseconds of emulated network round trip per API call"
+    )
     args = parser.parse_args()
     n = args.messages
     print(f"{n} messages of ~120 bytes; eventbus with concurrency={args.concurrency}, prefetch=20")
+    if args.latency:
+        print(f"every API call goes through a proxy adding {args.latency:g} ms (an emulated network round trip)")
     print(f"{'':48} {'one-per-call':>13} {'eventbus':>10} {'ratio':>7}")
-    with local_server(args.endpoint) as endpoint:
+    with local_server(args.endpoint) as server, network_delay(server, args.latency / 1000) as endpoint:
         for backlog, title in (
             (False, "consumers running while publishing"),
             (True, "publish a backlog, then consume"),

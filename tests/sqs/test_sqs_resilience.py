@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,7 +14,7 @@ from sqs_helpers import Proxy, queue_counts
 
 from eventbus import Bus, Registry, wait_until
 from eventbus.backends.base import Delivery
-from eventbus.backends.sqs import SqsBackend
+from eventbus.backends.sqs import SqsBackend, SqsConsumer, SqsDelivery
 
 pytestmark = pytest.mark.sqs
 
@@ -93,3 +94,35 @@ def test_a_crashing_delivery_handler_leaves_the_message_to_the_redrive_policy(
         consumer.stop(5)
     assert calls == [1, 2]
     assert queue_counts(sqs, f"{prefix}billing") == (0, 0)
+
+
+def test_deletes_sqs_refuses_are_reported(
+    make_bus: Callable[..., Bus], prefix: str, sqs: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    got: list[Any] = []
+    registry = _registry(got)
+    bus = make_bus("billing", registry)
+    bus.provision()
+    backend = bus.backend
+    assert isinstance(backend, SqsBackend)
+    consumer = backend.consume("billing", bus.dispatchers()["billing"], concurrency=1, prefetch=1)
+    assert isinstance(consumer, SqsConsumer)
+    try:
+        url = sqs.get_queue_url(QueueName=f"{prefix}billing")["QueueUrl"]
+        manifest = {"manifest": {"DataType": "String", "StringValue": "Placed"}}
+        sqs.send_message(QueueUrl=url, MessageBody='{"order_id": "o-1"}', MessageAttributes=manifest)
+        wait_until(lambda: got == ["o-1"], 20)
+        # A receipt handle SQS no longer accepts, as after a visibility timeout ran out.
+        _, envelope = bus._marshaller.encode(_placed(registry))
+        stale = SqsDelivery(consumer, "not-a-receipt-handle", envelope, 10)
+        with caplog.at_level(logging.WARNING, logger="eventbus.sqs"):
+            consumer._delete([stale])
+    finally:
+        consumer.stop(5)
+    assert "could not delete handled message" in caplog.text
+    assert "ReceiptHandleIsInvalid" in caplog.text
+
+
+def _placed(registry: Registry) -> Any:
+    (placed,) = [spec.cls for spec in registry.messages()]
+    return placed("o-2")
