@@ -136,6 +136,31 @@ def test_fifo_retry_holds_back_the_rest_of_its_group(make_bus: Callable[..., Bus
     assert failed_once == {1}
 
 
+def test_fifo_dead_letters_keep_their_group_and_the_group_moves_on(make_bus: Callable[..., Bus]) -> None:
+    registry = Registry()
+
+    @registry.message(topic="ledger.fifo", group_by="account")
+    @attrs.frozen
+    class Entry:
+        account: str
+        seq: int
+
+    handled: list[int] = []
+
+    @registry.subscribe(Entry, on_failure="dead_letter")
+    def record(entry: Entry) -> None:
+        if entry.seq == 1:
+            raise ValueError("bad entry")
+        handled.append(entry.seq)
+
+    bus = make_bus("books", registry).start()
+    bus.publish_many([Entry("a", seq) for seq in range(4)])
+
+    wait_until(lambda: handled == [0, 2, 3], 20)
+    (dead,) = wait_until(lambda: bus.dead_letters(), 10)
+    assert (dead.group_id, dead.headers[h.ERROR_MESSAGE]) == ("a", "bad entry")
+
+
 def test_fifo_publish_is_deduplicated_by_message_id(make_bus: Callable[..., Bus], prefix: str, sqs: Any) -> None:
     registry = Registry()
 

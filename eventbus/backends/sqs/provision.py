@@ -189,9 +189,9 @@ class Provisioner:
             url = self._sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
             self._note("created", f"queue {name}")
             arn = self._queue_arn(url)
-            if sources:
-                policy = _merged_policy(name, None, arn, sources)
-                self._sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy or ""})
+            policy = _merged_policy(name, None, arn, sources) if sources else None
+            if policy is not None:
+                self._sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy})
             return url, arn
         found = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
         arn = found["QueueArn"]
