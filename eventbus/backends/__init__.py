@@ -15,6 +15,7 @@ _SCHEMES: dict[str, tuple[str, str, str]] = {
     "memory": ("eventbus.backends.memory", "MemoryBackend", ""),
     "redis": ("eventbus.backends.redis", "RedisBackend", "redis"),
     "rediss": ("eventbus.backends.redis", "RedisBackend", "redis"),
+    "sqs": ("eventbus.backends.sqs", "SqsBackend", "sqs"),
 }
 
 

@@ -14,12 +14,15 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import boto3
 import pytest
 import redis
 
 from eventbus import Bus, Registry
 from eventbus.backends.memory import MemoryBackend
 from eventbus.backends.redis import RedisBackend
+from eventbus.backends.sqs import SqsBackend
+from tests import moto_server
 
 #: Optional capabilities a backend may declare.
 FIFO = "fifo"  # ordered delivery within a message group
@@ -122,4 +125,52 @@ def redis_streams() -> Harness:
     )
 
 
-HARNESSES: dict[str, Callable[[], Harness]] = {"memory": memory, "redis": redis_streams}
+def _sqs_client(service: str) -> Any:
+    return boto3.client(
+        service,
+        region_name=moto_server.REGION,
+        endpoint_url=moto_server.shared().url,
+        aws_access_key_id=moto_server.KEY,
+        aws_secret_access_key=moto_server.SECRET,
+    )
+
+
+def _sqs_pending(bus: Bus, queue: str) -> int:
+    """Messages in the queue: visible, in flight (not visible) and delayed."""
+    backend = bus.backend
+    assert isinstance(backend, SqsBackend)
+    url = backend.queue_url(queue)
+    assert url is not None
+    names = [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    ]
+    attributes = _sqs_client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+    return sum(int(attributes.get(name, 0)) for name in names)
+
+
+def _sqs_cleanup(namespace: str) -> None:
+    sqs, sns = _sqs_client("sqs"), _sqs_client("sns")
+    for url in sqs.list_queues(QueueNamePrefix=namespace).get("QueueUrls", []):
+        sqs.delete_queue(QueueUrl=url)
+    for topic in sns.list_topics().get("Topics", []):
+        if topic["TopicArn"].rsplit(":", 1)[-1].startswith(namespace):
+            sns.delete_topic(TopicArn=topic["TopicArn"])
+
+
+def sns_sqs() -> Harness:
+    """SNS + SQS on the session's local moto server."""
+    endpoint = moto_server.shared().url
+    return Harness(
+        name="sqs",
+        url=lambda namespace: moto_server.sqs_url(endpoint),
+        capabilities=frozenset({FIFO}),
+        pending=_sqs_pending,
+        cleanup=_sqs_cleanup,
+        delay_slack=1.5,
+        timeout=20.0,
+    )
+
+
+HARNESSES: dict[str, Callable[[], Harness]] = {"memory": memory, "redis": redis_streams, "sqs": sns_sqs}
