@@ -88,9 +88,9 @@ def shared() -> MotoServer:
     return _shared
 
 
-def sqs_url(endpoint: str, **options: object) -> str:
+def sqs_url(endpoint: str = "", **options: object) -> str:
     """An ``sqs://`` URL on the local server; short polls and visibility suit tests."""
-    settings: dict[str, object] = {"region": REGION, "endpoint": endpoint, "wait": 1, "visibility": 10}
+    settings: dict[str, object] = {"region": REGION, "endpoint": endpoint or shared().url, "wait": 1, "visibility": 10}
     settings.update(options)
     query = "&".join(f"{key}={value}" for key, value in settings.items())
     return f"sqs://{KEY}:{SECRET}@?{query}"

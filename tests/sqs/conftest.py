@@ -64,7 +64,8 @@ def url_for(endpoint: str, prefix: str) -> Callable[..., str]:
     """``url_for(wait=1, ...)``: an sqs:// URL on the local server with this test's prefix."""
 
     def make(**options: Any) -> str:
-        return moto_server.sqs_url(endpoint, **{"prefix": prefix, **options})
+        settings = {"endpoint": endpoint, "prefix": prefix, **options}
+        return moto_server.sqs_url(**settings)
 
     return make
 
