@@ -61,6 +61,12 @@ class Broker:
         """Messages ready in ``queue`` (not counting unacked ones)."""
         return int(self.channel.queue_declare(queue, passive=True).method.message_count)
 
+    def consumers(self, queue: str) -> int:
+        """Consumers on ``queue`` (0 if it does not exist)."""
+        if not self.queue_exists(queue):
+            return 0
+        return int(self.channel.queue_declare(queue, passive=True).method.consumer_count)
+
     def get(self, queue: str) -> tuple[Any, pika.BasicProperties, bytes] | None:
         """Take one message off ``queue`` (acked), or ``None``."""
         method, properties, body = self.channel.basic_get(queue, auto_ack=True)
