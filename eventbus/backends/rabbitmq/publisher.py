@@ -34,6 +34,8 @@ log = logging.getLogger("eventbus.rabbitmq")
 
 #: How often a message is published before a lost confirm becomes an error.
 _TRIES = 2
+#: Messages published per turn of the I/O loop: between turns it writes to the socket and reads confirms.
+_SLICE = 1024
 
 
 @attrs.frozen
@@ -113,6 +115,7 @@ class Publisher:
         self._channel: Channel | None = None
         self._opening = False
         self._ready = False
+        self._pump_scheduled = False
         self._next_tag = 1
         self._unconfirmed: dict[int, _Message] = {}
         self._order: deque[int] = deque()
@@ -125,6 +128,18 @@ class Publisher:
         """Publish ``items``; return the errors by index (empty when the broker confirmed them all)."""
         batch = _Batch(len(items))
         messages = [_Message(item, batch, index) for index, item in enumerate(items)]
+        # Hand them over in slices, so the I/O thread starts sending while the rest are prepared.
+        for start in range(0, len(messages), _SLICE):
+            self._submit(messages[start : start + _SLICE])
+        if not batch.done.wait(self._timeout):
+            batch.abandoned = True
+            late = (
+                f"no confirm from the broker within {self._timeout:g}s (confirm_timeout); it may or may not be stored"
+            )
+            return {m.index: batch.errors.get(m.index, late) for m in messages if not m.settled} | batch.errors
+        return batch.errors
+
+    def _submit(self, messages: list[_Message]) -> None:
         with self._lock:
             if not self._attached:
                 self._attached = True
@@ -133,13 +148,6 @@ class Publisher:
             wake, self._wake_pending = not self._wake_pending, True
         if wake:
             self._link.call(self._drain)
-        if not batch.done.wait(self._timeout):
-            batch.abandoned = True
-            late = (
-                f"no confirm from the broker within {self._timeout:g}s (confirm_timeout); it may or may not be stored"
-            )
-            return {m.index: batch.errors.get(m.index, late) for m in messages if not m.settled} | batch.errors
-        return batch.errors
 
     # -- I/O thread -----------------------------------------------------------------
 
@@ -189,12 +197,23 @@ class Publisher:
         self._backlog.extend(arrived)
         if self._link.closing:
             self._fail_backlog("the backend was closed before the message was published")
-        elif self._ready:
+        elif self._ready and not self._pump_scheduled:
             self._pump()
+
+    def _resume(self) -> None:
+        self._pump_scheduled = False
+        self._pump()
 
     def _pump(self) -> None:
         channel = self._channel
+        budget = _SLICE
         while self._backlog and self._ready and channel is not None:
+            budget -= 1
+            if budget < 0:
+                if not self._pump_scheduled:
+                    self._pump_scheduled = True
+                    self._link.call_later(0, self._resume)
+                return
             message = self._backlog.popleft()
             if message.batch.abandoned:
                 message.settle("not published: the caller stopped waiting (confirm_timeout)")

@@ -1,0 +1,143 @@
+"""RabbitMQ throughput: raw pika next to eventbus, measured in one run.
+
+    .venv/bin/python bench/rabbitmq.py [--messages 20000] [--url amqp://guest:guest@127.0.0.1:5672/%2F]
+
+Every phase sends the same ~200-byte persistent messages through a topic
+exchange into a durable classic queue on the same broker:
+
+- raw pika, unconfirmed: BlockingConnection.basic_publish, no confirms;
+- raw pika, confirmed: BlockingConnection with confirm_delivery (one round trip each);
+- eventbus publish_many: confirmed, pipelined (one call for all the messages);
+- eventbus publish from 8 threads: confirmed, each call waits for its own confirm;
+- eventbus publish from 1 thread: confirmed, one message at a time (a round trip each);
+- eventbus end to end: publish_many, then consume: decode, call the handler, ack.
+
+Ratios are against raw unconfirmed publishing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import attrs
+import pika
+
+from eventbus import Bus, Registry, wait_until
+
+BODY_FILL = "x" * 183  # with the JSON around it, a body of about 200 bytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    n, url = args.messages, args.url
+    uid = uuid.uuid4().hex[:8]
+    topic, service = f"bench-{uid}", f"bench-{uid}"
+
+    registry = Registry()
+
+    @registry.message(topic=topic)
+    @attrs.frozen
+    class Sample:
+        n: int
+        fill: str
+
+    handled = 0
+    lock = threading.Lock()
+
+    @registry.subscribe(Sample)
+    def count(sample: Sample) -> None:
+        nonlocal handled
+        with lock:
+            handled += 1
+
+    messages = [Sample(i, BODY_FILL) for i in range(n)]
+    bus_url = f"{url}{'&' if '?' in url else '?'}connection_name=eventbus-bench-{uid}&retry_delays=1"
+    bus = Bus(service=service, url=bus_url, registry=registry, concurrency=4, prefetch=256)
+    bus.provision()  # the exchange, the queue, its binding
+    body = bus._marshaller.encode(messages[0])[1].body
+    admin = pika.BlockingConnection(pika.URLParameters(url))
+    channel = admin.channel()
+
+    def purge() -> None:
+        channel.queue_purge(service)
+
+    results: list[tuple[str, float]] = []
+
+    def measure(name: str, run: Callable[[], None]) -> None:
+        purge()
+        start = time.perf_counter()
+        run()
+        elapsed = time.perf_counter() - start
+        results.append((name, n / elapsed))
+        print(f"  {name}: {n / elapsed:,.0f} msg/s", flush=True)
+
+    def raw(confirm: bool) -> Callable[[], None]:
+        def run() -> None:
+            connection = pika.BlockingConnection(pika.URLParameters(url))
+            ch = connection.channel()
+            if confirm:
+                ch.confirm_delivery()
+            properties = pika.BasicProperties(delivery_mode=2, type="Sample", content_type="application/json")
+            for _ in range(n):
+                ch.basic_publish(topic, "Sample", body, properties)
+            connection.close()  # waits until everything is written
+
+        return run
+
+    def depth() -> int:
+        return int(channel.queue_declare(service, passive=True).method.message_count)
+
+    def threads(count: int) -> Callable[[], None]:
+        def run() -> None:
+            share = [messages[i::count] for i in range(count)]
+            workers = [threading.Thread(target=lambda part=part: [bus.publish(m) for m in part]) for part in share]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+
+        return run
+
+    def end_to_end() -> None:
+        bus.publish_many(messages)
+        bus.start()
+        wait_until(lambda: handled >= n, 300, interval=0.005)
+
+    print(f"{n:,} messages of {len(body)} bytes, persistent, to a durable classic queue")
+    try:
+        measure("raw pika, unconfirmed", raw(confirm=False))
+        wait_until(lambda: depth() == n, 30)
+        measure("raw pika, confirmed (blocking)", raw(confirm=True))
+        bus.publish(messages[0])  # connect before timing
+        measure("eventbus publish_many (confirmed)", lambda: bus.publish_many(messages))
+        measure("eventbus publish, 8 threads (confirmed)", threads(8))
+        measure("eventbus publish, 1 thread (confirmed)", threads(1))
+        measure("eventbus end to end (publish, handle, ack)", end_to_end)
+    finally:
+        bus.stop()
+        channel.queue_delete(service)
+        for queue in (f"{service}-dlq", f"{service}-retry-1s"):
+            channel.queue_delete(queue)
+        channel.exchange_delete(topic)
+        admin.close()
+
+    baseline = results[0][1]
+    width = max(len(name) for name, _ in results)
+    print()
+    print(f"| {'phase':<{width}} | {'msg/s':>8} | {'vs raw unconfirmed':>18} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 10}|{'-' * 20}|")
+    for name, rate in results:
+        print(f"| {name:<{width}} | {rate:>8,.0f} | {rate / baseline:>17.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
