@@ -145,3 +145,29 @@ def test_eight_threads_publishing_at_once_lose_nothing(
     assert seen == {(t, n) for t in range(8) for n in range(250)}
     bus.stop()
     assert broker.depth(f"counter-{uid}") == 0
+
+
+def test_close_releases_everything_and_the_backend_can_be_used_again(uid: str, amqp_url: str, broker: Broker) -> None:
+    backend = RabbitMQBackend.from_url(amqp_url + "&retry_delays=1")
+    backend.provision(small_topology(uid))
+    backend.publish(f"events-{uid}", an_envelope())
+    before = {t.name for t in threading.enumerate()}
+    assert "eventbus-amqp-publish" in before
+    backend.close()
+    assert "eventbus-amqp-publish" not in {t.name for t in threading.enumerate()}
+    backend.publish(f"events-{uid}", an_envelope())  # reconnects lazily
+    assert broker.depth(f"inbox-{uid}") == 2
+    backend.close()
+
+
+def test_a_publish_that_cannot_be_confirmed_raises() -> None:
+    # Nothing listens on port 1: the publisher keeps reconnecting, the caller gets an error in time.
+    backend = RabbitMQBackend.from_url("amqp://guest:guest@127.0.0.1:1/%2F?confirm_timeout=1")
+    start = time.monotonic()
+    with pytest.raises(
+        PublishError,
+        match=r"within 1s \(confirm_timeout\); the connection is down: .*ConnectionRefused.*; it was not published",
+    ):
+        backend.publish("anything", an_envelope())
+    assert time.monotonic() - start < 3
+    backend.close()

@@ -142,7 +142,8 @@ class RabbitMQBackend:
         with self._lock:
             consumers, self._consumers = self._consumers, []
         for consumer in consumers:
-            consumer.stop(timeout=5.0)
+            if not consumer.stopped:
+                consumer.stop(timeout=5.0)
         self._consume_link.close()
         self._publish_link.close()
 

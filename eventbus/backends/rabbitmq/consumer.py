@@ -174,6 +174,11 @@ class RabbitConsumer:
         if wake:
             self._link.call(self._flush_settles)
 
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping.is_set()
+
     def stop(self, timeout: float) -> None:
         """Cancel the consumer, let handlers finish (up to ``timeout``), return what was not handled."""
         deadline = time.monotonic() + timeout

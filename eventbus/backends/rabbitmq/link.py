@@ -52,6 +52,8 @@ class Link:
         self._connection: SelectConnection | None = None
         self._closing = False
         self._failures = 0
+        #: Why the connection is down, while it is (read from any thread, for error messages).
+        self.down_because: str | None = None
 
     @property
     def connection(self) -> SelectConnection | None:
@@ -144,11 +146,13 @@ class Link:
         if self._failures:
             log.info("reconnected to %s (%s)", redact_url(self._options.url), self.role)
         self._failures = 0
+        self.down_because = None
         for client in self._clients_now():
             self._notify(client.connected, connection)
 
     def _on_lost(self, ioloop: IOLoop, reason: BaseException | str) -> None:
         self._connection = None
+        self.down_because = f"{reason!r}"
         for client in self._clients_now():
             self._notify(client.disconnected, str(reason) or type(reason).__name__)
         if self._closing:
@@ -157,7 +161,7 @@ class Link:
         delay = min(_FIRST_BACKOFF * 2**self._failures, _MAX_BACKOFF)
         self._failures += 1
         log.warning(
-            "%s connection to %s lost or refused (%s); reconnecting in %.1fs",
+            "%s connection to %s lost or refused (%r); reconnecting in %.1fs",
             self.role,
             redact_url(self._options.url),
             reason,

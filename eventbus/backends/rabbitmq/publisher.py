@@ -132,12 +132,20 @@ class Publisher:
         for start in range(0, len(messages), _SLICE):
             self._submit(messages[start : start + _SLICE])
         if not batch.done.wait(self._timeout):
-            batch.abandoned = True
-            late = (
-                f"no confirm from the broker within {self._timeout:g}s (confirm_timeout); it may or may not be stored"
-            )
-            return {m.index: batch.errors.get(m.index, late) for m in messages if not m.settled} | batch.errors
+            batch.abandoned = True  # what is not sent yet never will be
+            return self._late(messages) | batch.errors
         return batch.errors
+
+    def _late(self, messages: list[_Message]) -> dict[int, str]:
+        late = f"no confirm from the broker within {self._timeout:g}s (confirm_timeout)"
+        down = self._link.down_because
+        if down is not None:
+            late += f"; the connection is down: {down}"
+        return {
+            m.index: f"{late}; {'it may or may not be stored' if m.tries else 'it was not published'}"
+            for m in messages
+            if not m.settled
+        }
 
     def _submit(self, messages: list[_Message]) -> None:
         with self._lock:
