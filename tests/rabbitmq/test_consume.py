@@ -26,8 +26,9 @@ def declare_job(registry: Registry, uid: str) -> type:
     return Job
 
 
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 def test_a_failing_handler_is_retried_with_backoff_then_dead_lettered(
-    registry: Registry, uid: str, amqp_url: str, broker: Broker
+    registry: Registry, uid: str, amqp_url: str, broker: Broker, queue_type: str
 ) -> None:
     Job = declare_job(registry, uid)
     attempts: list[float] = []
@@ -37,7 +38,7 @@ def test_a_failing_handler_is_retried_with_backoff_then_dead_lettered(
         attempts.append(time.monotonic())
         raise RuntimeError(f"job {job.n} failed")
 
-    bus = Bus(service=f"worker-{uid}", url=amqp_url, registry=registry)
+    bus = Bus(service=f"worker-{uid}", url=f"{amqp_url}&queue_type={queue_type}&retry_delays=1,10", registry=registry)
     with bus:
         bus.publish(Job(1))
         wait_until(lambda: len(bus.dead_letters()) == 1, 15, message="the message reaches the dead-letter queue")

@@ -51,22 +51,30 @@ class Outgoing:
 class _Batch:
     """What one caller waits for; settled on the I/O thread only."""
 
-    __slots__ = ("abandoned", "done", "errors", "remaining")
+    __slots__ = ("_done", "abandoned", "errors", "remaining")
 
     def __init__(self, size: int) -> None:
         self.remaining = size
         self.errors: dict[int, str] = {}
-        self.done = threading.Event()
         self.abandoned = False
-        if size == 0:
-            self.done.set()
+        # A held lock, released when the last message is settled: the cheapest wait there is.
+        self._done = threading.Lock()
+        if size:
+            self._done.acquire()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until every message is settled; ``False`` on timeout."""
+        if self._done.acquire(timeout=timeout):
+            self._done.release()
+            return True
+        return False
 
     def settle(self, index: int, error: str | None) -> None:
         if error is not None:
             self.errors[index] = error
         self.remaining -= 1
         if self.remaining == 0:
-            self.done.set()
+            self._done.release()
 
 
 class _Message:
@@ -131,7 +139,7 @@ class Publisher:
         # Hand them over in slices, so the I/O thread starts sending while the rest are prepared.
         for start in range(0, len(messages), _SLICE):
             self._submit(messages[start : start + _SLICE])
-        if not batch.done.wait(self._timeout):
+        if not batch.wait(self._timeout):
             batch.abandoned = True  # what is not sent yet never will be
             return self._late(messages) | batch.errors
         return batch.errors
