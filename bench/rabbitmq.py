@@ -13,13 +13,16 @@ exchange into a durable classic queue on the same broker:
 - eventbus end to end: publish_many to a running consumer (4 threads, prefetch 256),
   until the handler ran for every message (decode, handle, ack).
 
-Ratios are against raw unconfirmed publishing.
+Ratios are against raw unconfirmed publishing in the same round; with --rounds N the
+table shows medians. "client CPU" is this process's CPU time per message (all threads):
+it does not depend on the broker or on the machine's load the way msg/s does.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import threading
 import time
 import uuid
@@ -32,6 +35,7 @@ from eventbus import Bus, Registry, wait_until
 
 BODY_FILL = "x" * 183  # with the JSON around it, a body of about 200 bytes
 SETTLE = 2.0
+BASELINE = "raw pika, unconfirmed"
 
 
 def main() -> None:
@@ -69,17 +73,19 @@ def main() -> None:
     body = bus._marshaller.encode(messages[0])[1].body
     admin = pika.BlockingConnection(pika.URLParameters(url))
     channel = admin.channel()
-    best: dict[str, float] = {}
+    rounds: dict[str, list[tuple[float, float]]] = {}  # phase -> (msg/s, client CPU µs per message) per round
 
     def measure(name: str, run: Callable[[], None], before: Callable[[], object] = lambda: None) -> None:
         channel.queue_purge(service)
         time.sleep(SETTLE)  # let the broker finish writing and purging the previous phase's messages
         before()
+        cpu = time.process_time()
         start = time.perf_counter()
         run()
         rate = n / (time.perf_counter() - start)
-        best[name] = max(best.get(name, 0.0), rate)
-        print(f"  {name}: {rate:,.0f} msg/s", flush=True)
+        cpu_us = (time.process_time() - cpu) / n * 1e6
+        rounds.setdefault(name, []).append((rate, cpu_us))
+        print(f"  {name}: {rate:,.0f} msg/s, {cpu_us:.0f} µs of client CPU per message", flush=True)
 
     def raw(confirm: bool) -> Callable[[], None]:
         def run() -> None:
@@ -123,7 +129,7 @@ def main() -> None:
     try:
         for round_ in range(1, args.rounds + 1):
             print(f"round {round_}")
-            measure("raw pika, unconfirmed", raw(confirm=False))
+            measure(BASELINE, raw(confirm=False))
             measure("raw pika, confirmed (blocking)", raw(confirm=True))
             measure("eventbus publish_many (confirmed)", lambda: bus.publish_many(messages))
             measure("eventbus publish, 8 threads (confirmed)", threads(8))
@@ -139,14 +145,18 @@ def main() -> None:
         channel.exchange_delete(topic)
         admin.close()
 
-    results = list(best.items())
-    baseline = results[0][1]
-    width = max(len(name) for name, _ in results)
+    # Each round measures every phase next to the baseline: compare within rounds, then take medians.
+    baseline = [rate for rate, _ in rounds[BASELINE]]
+    width = max(len(name) for name in rounds)
     print()
-    print(f"| {'phase':<{width}} | {'msg/s':>8} | {'vs raw unconfirmed':>18} |")
-    print(f"|{'-' * (width + 2)}|{'-' * 10}|{'-' * 20}|")
-    for name, rate in results:
-        print(f"| {name:<{width}} | {rate:>8,.0f} | {rate / baseline:>17.2f}x |")
+    print(f"| {'phase':<{width}} | {'msg/s':>8} | {'vs raw unconfirmed':>18} | {'client CPU µs/msg':>17} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 10}|{'-' * 20}|{'-' * 19}|")
+    for name, figures in rounds.items():
+        rate = statistics.median(r for r, _ in figures)
+        ratio = statistics.median(r / base for (r, _), base in zip(figures, baseline, strict=True))
+        cpu_us = statistics.median(c for _, c in figures)
+        print(f"| {name:<{width}} | {rate:>8,.0f} | {ratio:>17.2f}x | {cpu_us:>17.0f} |")
+    print("\nmedians over the rounds; the ratio is taken within each round, against that round's raw unconfirmed run")
 
 
 if __name__ == "__main__":
