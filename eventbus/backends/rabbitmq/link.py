@@ -44,7 +44,8 @@ class Link:
     def __init__(self, options: Options, role: str) -> None:
         self._options = options
         self.role = role
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # starting and stopping the thread
+        self._clients_lock = threading.Lock()
         self._clients: list[Client] = []
         self._ioloop: IOLoop | None = None
         self._thread: threading.Thread | None = None
@@ -79,25 +80,29 @@ class Link:
 
     def attach(self, client: Client) -> None:
         """Tell ``client`` about this connection from now on (at once if it is open)."""
-        with self._lock:
+        with self._clients_lock:
             self._clients.append(client)
         self.call(lambda: self._introduce(client))
 
     def detach(self, client: Client) -> None:
         """Stop telling ``client`` about this connection."""
-        with self._lock:
+        with self._clients_lock:
             if client in self._clients:
                 self._clients.remove(client)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Close the connection and stop the thread; a later :meth:`call` starts afresh."""
+        """Close the connection and stop the thread; a later :meth:`call` starts afresh.
+
+        Calls made meanwhile from other threads wait until the old thread is gone,
+        so two threads never serve the same clients.
+        """
         with self._lock:
             thread, ioloop = self._thread, self._ioloop
             self._thread = self._ioloop = None
-        if thread is None or ioloop is None:
-            return
-        ioloop.add_callback_threadsafe(lambda: self._shutdown(ioloop))
-        thread.join(timeout)
+            if thread is None or ioloop is None:
+                return
+            ioloop.add_callback_threadsafe(lambda: self._shutdown(ioloop))
+            thread.join(timeout)
         if thread.is_alive():
             log.warning("the %s connection thread did not stop within %.1fs", self.role, timeout)
 
@@ -135,7 +140,7 @@ class Link:
         )
 
     def _clients_now(self) -> list[Client]:
-        with self._lock:
+        with self._clients_lock:
             return list(self._clients)
 
     def _introduce(self, client: Client) -> None:

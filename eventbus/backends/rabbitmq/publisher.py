@@ -191,7 +191,7 @@ class Publisher:
         if channel is self._channel:
             self._ready = True
             self._next_tag = 1
-            self._pump()
+            self._drain()
 
     def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
         if channel is not self._channel:
@@ -342,6 +342,11 @@ class Publisher:
         self._parked.clear()
         self._backlog.extendleft(reversed(again))
         if self._link.closing:
+            with self._lock:
+                # A wake-up queued on this loop will never run: let the next publish start a new one.
+                self._wake_pending = False
+                arrived, self._incoming = self._incoming, deque()
+            self._backlog.extend(arrived)
             self._fail_backlog(f"the backend was closed before the broker confirmed the message ({reason})")
 
     def _fail_backlog(self, error: str) -> None:
