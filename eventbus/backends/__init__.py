@@ -13,6 +13,8 @@ __all__ = ["Backend", "Consumer", "Delivery", "DeliveryHandler", "from_url", "re
 # scheme -> (module, class, pip extra)
 _SCHEMES: dict[str, tuple[str, str, str]] = {
     "memory": ("eventbus.backends.memory", "MemoryBackend", ""),
+    "amqp": ("eventbus.backends.rabbitmq", "RabbitMQBackend", "rabbitmq"),
+    "amqps": ("eventbus.backends.rabbitmq", "RabbitMQBackend", "rabbitmq"),
     "redis": ("eventbus.backends.redis", "RedisBackend", "redis"),
     "rediss": ("eventbus.backends.redis", "RedisBackend", "redis"),
     "sqs": ("eventbus.backends.sqs", "SqsBackend", "sqs"),

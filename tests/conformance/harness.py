@@ -15,6 +15,8 @@ from typing import Any
 
 import attrs
 import boto3
+import pika
+import pika.exceptions
 import pytest
 import redis
 
@@ -23,6 +25,7 @@ from eventbus.backends.memory import MemoryBackend
 from eventbus.backends.redis import RedisBackend
 from eventbus.backends.sqs import SqsBackend
 from tests import moto_server
+from tests.rabbitmq.rabbitmq_support import listing
 
 #: Optional capabilities a backend may declare.
 FIFO = "fifo"  # ordered delivery within a message group
@@ -173,4 +176,49 @@ def sns_sqs() -> Harness:
     )
 
 
-HARNESSES: dict[str, Callable[[], Harness]] = {"memory": memory, "redis": redis_streams, "sqs": sns_sqs}
+RABBITMQ_URL = os.environ.get("EVENTBUS_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def _rabbitmq_pending(bus: Bus, queue: str) -> int:
+    """Ready and unacked messages in the queue and its retry queues (through rabbitmqctl)."""
+    rows = listing("queues", "name", "messages")
+    return sum(
+        int(row["messages"]) for row in rows if row["name"] == queue or row["name"].startswith(f"{queue}-retry-")
+    )
+
+
+def _rabbitmq_cleanup(namespace: str) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    channel = connection.channel()
+    for row in listing("queues", "name"):
+        if row["name"].startswith(namespace):
+            channel.queue_delete(row["name"])
+    for row in listing("exchanges", "name"):
+        if row["name"].startswith(namespace):
+            channel.exchange_delete(row["name"])
+    connection.close()
+
+
+def rabbitmq() -> Harness:
+    """RabbitMQ on the shared broker; the test's connections carry its namespace as their name."""
+    try:
+        pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL)).close()
+    except pika.exceptions.AMQPError as exc:
+        pytest.fail(f"RabbitMQ is not reachable at 127.0.0.1:5672 ({exc!r}); start it (.ci/run does)")
+    return Harness(
+        name="rabbitmq",
+        url=lambda namespace: f"{RABBITMQ_URL}?connection_name={namespace}",
+        capabilities=frozenset(),
+        pending=_rabbitmq_pending,
+        cleanup=_rabbitmq_cleanup,
+        delay_slack=1.5,  # delays round to the retry ladder's rungs: 2 s waits 3 s
+        timeout=15.0,
+    )
+
+
+HARNESSES: dict[str, Callable[[], Harness]] = {
+    "memory": memory,
+    "rabbitmq": rabbitmq,
+    "redis": redis_streams,
+    "sqs": sns_sqs,
+}

@@ -1,0 +1,152 @@
+"""The RabbitMQ backend (``amqp://`` and ``amqps://``), on pika.
+
+Modules: :mod:`.options` (the URL), :mod:`.topology` (what a plan becomes on
+the broker, and provisioning), :mod:`.link` (a connection on its own I/O
+thread, reconnected with backoff), :mod:`.publisher` (confirmed, pipelined
+publishing), :mod:`.consumer` (deliveries handled on worker threads) and
+:mod:`.wire` (envelopes as AMQP properties and headers).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import pika
+import pika.exceptions
+
+from eventbus.backends import redact_url
+from eventbus.backends.base import Consumer, DeliveryHandler
+from eventbus.backends.rabbitmq import wire
+from eventbus.backends.rabbitmq.consumer import RabbitConsumer, RabbitDelivery
+from eventbus.backends.rabbitmq.link import Link
+from eventbus.backends.rabbitmq.options import BrokerUnavailableError, Options
+from eventbus.backends.rabbitmq.publisher import Outgoing, Publisher
+from eventbus.backends.rabbitmq.topology import Resources, apply, resources
+from eventbus.envelope import Envelope
+from eventbus.errors import PublishError
+from eventbus.topology import Topology, dead_letter_name
+
+__all__ = ["BrokerUnavailableError", "Options", "RabbitConsumer", "RabbitDelivery", "RabbitMQBackend"]
+
+#: How many failed messages a publish_many error lists by name.
+_LISTED = 10
+
+
+class RabbitMQBackend:
+    """The :class:`~eventbus.backends.base.Backend` on RabbitMQ.
+
+    It keeps two connections, each on its own thread and opened on first
+    use: one publishes (also the retry and dead-letter copies), one carries
+    every consumer's channel, so a publisher throttled by the broker never
+    stalls deliveries.
+    """
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self._publish_link = Link(options, "publish")
+        self._consume_link = Link(options, "consume")
+        self._publisher = Publisher(self._publish_link, options.confirm_timeout)
+        self._lock = threading.Lock()
+        self._dead_letters: dict[str, str] = {}
+        self._consumers: list[RabbitConsumer] = []
+
+    @classmethod
+    def from_url(cls, url: str) -> RabbitMQBackend:
+        """``amqp://user:pass@host:5672/vhost?queue_type=quorum&...`` (see :class:`Options`)."""
+        return cls(Options.parse(url))
+
+    def plan(self, topology: Topology) -> Resources:
+        """The exchanges, queues and bindings that provisioning ``topology`` declares."""
+        return resources(topology, self.options.queue_type, self.options.retry_delays)
+
+    def provision(self, topology: Topology) -> None:
+        """Declare the plan; raise ``TopologyConflictError`` if an existing resource differs."""
+        apply(self.options, self.plan(topology))
+        with self._lock:
+            self._dead_letters.update({plan.name: plan.dead_letter for plan in topology.queues})
+
+    def publish(self, topic: str, envelope: Envelope) -> None:
+        """Publish to the ``topic`` exchange with routing key = manifest; return once confirmed."""
+        errors = self._publisher.publish([Outgoing(topic, envelope.manifest, envelope)])
+        if errors:
+            raise PublishError(
+                f"publishing {envelope.manifest} {envelope.message_id} to topic {topic!r} on "
+                f"{redact_url(self.options.url)} failed: {errors[0]}"
+            )
+
+    def publish_many(self, messages: Sequence[tuple[str, Envelope]]) -> None:
+        """Publish all ``messages`` with their confirms in flight together; raise naming the failed ones."""
+        errors = self._publisher.publish([Outgoing(topic, env.manifest, env) for topic, env in messages])
+        if errors:
+            listed = [
+                f"#{index} {messages[index][1].manifest} {messages[index][1].message_id} "
+                f"to {messages[index][0]!r}: {error}"
+                for index, error in sorted(errors.items())[:_LISTED]
+            ]
+            more = f"\n- ... and {len(errors) - _LISTED} more" if len(errors) > _LISTED else ""
+            raise PublishError(
+                f"{len(errors)} of {len(messages)} messages were not confirmed by "
+                f"{redact_url(self.options.url)}:\n- " + "\n- ".join(listed) + more
+            )
+
+    def send(self, queue: str, envelope: Envelope) -> None:
+        """Put ``envelope`` on ``queue`` through the default exchange; raise if no such queue took it."""
+        errors = self._publisher.publish([Outgoing("", queue, envelope, mandatory=True)])
+        if errors:
+            raise PublishError(
+                f"sending {envelope.manifest} {envelope.message_id} to queue {queue!r} failed: {errors[0]}"
+            )
+
+    def consume(self, queue: str, handler: DeliveryHandler, *, concurrency: int, prefetch: int) -> Consumer:
+        """Consume ``queue`` with ``concurrency`` handler threads and ``prefetch`` unacked messages at most."""
+        consumer = RabbitConsumer(
+            link=self._consume_link,
+            publisher=self._publisher,
+            queue=queue,
+            dead_letter=self._dead_letter_of(queue),
+            ladder=self.options.retry_delays,
+            handler=handler,
+            concurrency=concurrency,
+            prefetch=prefetch,
+        )
+        with self._lock:
+            self._consumers.append(consumer)
+        return consumer
+
+    def dead_letters(self, queue: str, limit: int) -> list[Envelope]:
+        """Peek at up to ``limit`` messages of ``queue``'s dead-letter queue; they stay there."""
+        try:
+            connection = pika.BlockingConnection(self.options.connection_parameters("inspect"))
+        except pika.exceptions.AMQPError as exc:
+            raise BrokerUnavailableError(f"cannot connect to {redact_url(self.options.url)}: {exc!r}") from exc
+        found: list[Envelope] = []
+        try:
+            channel = connection.channel()
+            while len(found) < limit:
+                method, properties, body = channel.basic_get(self._dead_letter_of(queue), auto_ack=False)
+                if method is None:
+                    break
+                found.append(wire.envelope(body, properties))
+            # Closing the channel without acking puts every message back where it was.
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:  # no dead-letter queue: no dead letters
+                raise
+        finally:
+            if connection.is_open:
+                connection.close()
+        return found
+
+    def close(self) -> None:
+        """Stop leftover consumers and close both connections; the next call reconnects."""
+        with self._lock:
+            consumers, self._consumers = self._consumers, []
+        for consumer in consumers:
+            if not consumer.stopped:
+                consumer.stop(timeout=5.0)
+        self._consume_link.close()
+        self._publish_link.close()
+
+    def _dead_letter_of(self, queue: str) -> str:
+        with self._lock:
+            return self._dead_letters.get(queue) or dead_letter_name(queue)
