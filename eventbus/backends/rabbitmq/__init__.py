@@ -46,7 +46,7 @@ class RabbitMQBackend:
         self.options = options
         self._publish_link = Link(options, "publish")
         self._consume_link = Link(options, "consume")
-        self._publisher = Publisher(self._publish_link, options.confirm_timeout)
+        self._publisher = Publisher(self._publish_link, options.confirm_timeout, options.connect_timeout)
         self._lock = threading.Lock()
         self._dead_letters: dict[str, str] = {}
         self._consumers: list[RabbitConsumer] = []

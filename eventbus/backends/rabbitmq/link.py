@@ -55,6 +55,11 @@ class Link:
         self._failures = 0
         #: Why the connection is down, while it is (read from any thread, for error messages).
         self.down_because: str | None = None
+        # Whether the connection is open, for callers waiting on other threads.
+        self._state = threading.Condition()
+        self._up = False
+        self._ever_up = False
+        self._refused = False
 
     @property
     def connection(self) -> SelectConnection | None:
@@ -77,6 +82,20 @@ class Link:
         """Run ``fn`` on the I/O thread after ``delay`` seconds (call it on the I/O thread)."""
         if self._ioloop is not None:
             self._ioloop.call_later(delay, fn)
+
+    def wait_up(self, timeout: float) -> bool:
+        """Wait until the connection is open; ``False`` after ``timeout`` or once a first connection is refused.
+
+        A link that never connected gives up at its first failure (the broker
+        is unreachable: say so now); one that was up and is reconnecting gets
+        the whole ``timeout`` to come back.
+        """
+        with self._lock:
+            if self._ioloop is None:
+                self._start()
+        with self._state:
+            self._state.wait_for(lambda: self._up or (self._refused and not self._ever_up), timeout)
+            return self._up
 
     def attach(self, client: Client) -> None:
         """Tell ``client`` about this connection from now on (at once if it is open)."""
@@ -109,6 +128,8 @@ class Link:
     # -- on the I/O thread ------------------------------------------------------
 
     def _start(self) -> IOLoop:
+        with self._state:
+            self._up = self._ever_up = self._refused = False
         ioloop = self._ioloop = IOLoop()
         self._thread = threading.Thread(
             target=self._run, args=(ioloop,), name=f"eventbus-amqp-{self.role}", daemon=True
@@ -152,12 +173,19 @@ class Link:
             log.info("reconnected to %s (%s)", redact_url(self._options.url), self.role)
         self._failures = 0
         self.down_because = None
+        with self._state:
+            self._up = self._ever_up = True
+            self._state.notify_all()
         for client in self._clients_now():
             self._notify(client.connected, connection)
 
     def _on_lost(self, ioloop: IOLoop, reason: BaseException | str) -> None:
         self._connection = None
         self.down_because = f"{reason!r}"
+        with self._state:
+            self._up = False
+            self._refused = True
+            self._state.notify_all()
         for client in self._clients_now():
             self._notify(client.disconnected, str(reason) or type(reason).__name__)
         if self._closing:

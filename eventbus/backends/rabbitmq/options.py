@@ -34,6 +34,7 @@ class Options:
     queue_type: QueueType = "classic"
     retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS
     confirm_timeout: float = 30.0
+    connect_timeout: float = 10.0
     connection_name: str = ""
 
     @classmethod
@@ -62,6 +63,7 @@ class Options:
             queue_type=queue_type,  # type: ignore[arg-type]
             retry_delays=_delays(ours["retry_delays"], where) if "retry_delays" in ours else DEFAULT_RETRY_DELAYS,
             confirm_timeout=_seconds("confirm_timeout", ours.get("confirm_timeout", "30"), where),
+            connect_timeout=_seconds("connect_timeout", ours.get("connect_timeout", "10"), where),
             connection_name=ours.get("connection_name") or f"eventbus-{os.getpid()}",
         )
 
@@ -74,7 +76,7 @@ class Options:
         return parameters
 
 
-_OPTIONS = frozenset({"queue_type", "retry_delays", "confirm_timeout", "connection_name"})
+_OPTIONS = frozenset({"queue_type", "retry_delays", "confirm_timeout", "connect_timeout", "connection_name"})
 
 
 def _seconds(name: str, text: str, where: str) -> float:

@@ -10,7 +10,9 @@ A message the broker could not take raises ``PublishError`` in its caller:
 a nack, a ``mandatory`` message that no queue took (returned), a connection
 or channel lost before the confirm (after one transparent re-publish on the
 new channel: duplicates are possible, losses are not), or no confirm within
-``confirm_timeout``.
+``confirm_timeout``. When the connection is down, a publish waits up to
+``connect_timeout`` for it to come back; a broker that was never reached
+fails at once.
 """
 
 from __future__ import annotations
@@ -112,9 +114,10 @@ class _Message:
 class Publisher:
     """Publishes on one link's connection with publisher confirms; thread-safe."""
 
-    def __init__(self, link: Link, confirm_timeout: float) -> None:
+    def __init__(self, link: Link, confirm_timeout: float, connect_timeout: float = 10.0) -> None:
         self._link = link
         self._timeout = confirm_timeout
+        self._connect_timeout = connect_timeout
         self._lock = threading.Lock()
         self._incoming: deque[_Message] = deque()
         self._wake_pending = False
@@ -134,6 +137,10 @@ class Publisher:
 
     def publish(self, items: Sequence[Outgoing]) -> dict[int, str]:
         """Publish ``items``; return the errors by index (empty when the broker confirmed them all)."""
+        if not self._link.wait_up(self._connect_timeout):
+            reason = self._link.down_because or "no answer"
+            unreachable = f"the broker is unreachable ({reason}); it was not published"
+            return dict.fromkeys(range(len(items)), unreachable)
         batch = _Batch(len(items))
         messages = [_Message(item, batch, index) for index, item in enumerate(items)]
         # Hand them over in slices, so the I/O thread starts sending while the rest are prepared.
