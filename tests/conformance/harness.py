@@ -104,7 +104,7 @@ def _redis_pending(bus: Bus, queue: str) -> int:
     return count
 
 
-def _redis_cleanup(namespace: str) -> None:
+def redis_cleanup(namespace: str) -> None:
     client = redis.Redis.from_url(REDIS_URL)
     keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
     if keys:
@@ -123,7 +123,7 @@ def redis_streams() -> Harness:
         url=lambda namespace: f"{REDIS_URL}?prefix={namespace}:&reclaim=2&block=0.2",
         capabilities=frozenset(),
         pending=_redis_pending,
-        cleanup=_redis_cleanup,
+        cleanup=redis_cleanup,
         delay_slack=0.6,
     )
 
@@ -153,7 +153,7 @@ def _sqs_pending(bus: Bus, queue: str) -> int:
     return sum(int(attributes.get(name, 0)) for name in names)
 
 
-def _sqs_cleanup(namespace: str) -> None:
+def sqs_cleanup(namespace: str) -> None:
     sqs, sns = _sqs_client("sqs"), _sqs_client("sns")
     for url in sqs.list_queues(QueueNamePrefix=namespace).get("QueueUrls", []):
         sqs.delete_queue(QueueUrl=url)
@@ -170,7 +170,7 @@ def sns_sqs() -> Harness:
         url=lambda namespace: moto_server.sqs_url(endpoint),
         capabilities=frozenset({FIFO}),
         pending=_sqs_pending,
-        cleanup=_sqs_cleanup,
+        cleanup=sqs_cleanup,
         delay_slack=1.5,
         timeout=20.0,
     )
@@ -187,7 +187,7 @@ def _rabbitmq_pending(bus: Bus, queue: str) -> int:
     )
 
 
-def _rabbitmq_cleanup(namespace: str) -> None:
+def rabbitmq_cleanup(namespace: str) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
     channel = connection.channel()
     for row in listing("queues", "name"):
@@ -210,7 +210,7 @@ def rabbitmq() -> Harness:
         url=lambda namespace: f"{RABBITMQ_URL}?connection_name={namespace}",
         capabilities=frozenset(),
         pending=_rabbitmq_pending,
-        cleanup=_rabbitmq_cleanup,
+        cleanup=rabbitmq_cleanup,
         delay_slack=1.5,  # delays round to the retry ladder's rungs: 2 s waits 3 s
         timeout=15.0,
     )

@@ -57,7 +57,9 @@ class Ping:
 
 
 UNREACHABLE = {
-    "redis": "redis://127.0.0.1:1/0",
+    "rabbitmq": "amqp://guest:secret@127.0.0.1:1/%2F",
+    "redis": "redis://:secret@127.0.0.1:1/0",
+    "sqs": "sqs://key:secret@?region=us-east-1&endpoint=http://127.0.0.1:1",
 }
 
 
@@ -72,3 +74,4 @@ def test_publishing_to_an_unreachable_broker_fails_fast_and_clearly(
     record(Figures(backend, "publish, broker unreachable", sent=1, lost=0, seconds=elapsed))
     assert elapsed < 15, f"publishing took {elapsed:.1f}s to fail"
     assert "127.0.0.1:1" in str(raised.value)
+    assert "secret" not in str(raised.value)

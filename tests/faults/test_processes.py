@@ -5,25 +5,44 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable, Iterator
 
+import attrs
 import pytest
 
+from tests import moto_server
+from tests.conformance.harness import RABBITMQ_URL, rabbitmq_cleanup, sqs_cleanup
 from tests.faults.harness import STATE_URL, Figures, Workers, interrupt_until_drained, stop
 
-# backend -> (url for a namespace, messages, seconds between faults)
-BACKENDS: dict[str, tuple[Callable[[str], str], int, tuple[float, float]]] = {
-    "redis": (lambda ns: f"{STATE_URL}?prefix={ns}:q:&reclaim=2&block=0.2", 5000, (0.3, 1.2)),
+
+@attrs.frozen
+class FaultBackend:
+    """How the fault cases run on one backend."""
+
+    url: Callable[[str], str]
+    messages: int
+    every: tuple[float, float]  # seconds between faults
+    cleanup: Callable[[str], None] = lambda namespace: None
+
+
+BACKENDS: dict[str, FaultBackend] = {
+    "rabbitmq": FaultBackend(lambda ns: f"{RABBITMQ_URL}?connection_name={ns}", 5000, (0.3, 1.2), rabbitmq_cleanup),
+    "redis": FaultBackend(lambda ns: f"{STATE_URL}?prefix={ns}:q:&reclaim=2&block=0.2", 5000, (0.3, 1.2)),
+    # The local SNS/SQS server slows down as a queue grows: 500 messages.
+    "sqs": FaultBackend(
+        lambda ns: moto_server.sqs_url(visibility=2, wait=1, max_receives=100), 500, (0.5, 1.5), sqs_cleanup
+    ),
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def workers(request: pytest.FixtureRequest) -> Iterator[tuple[Workers, int, tuple[float, float]]]:
-    url, total, every = BACKENDS[request.param]
+    backend = BACKENDS[request.param]
     made = Workers(request.param, "")
-    made.url = url(made.namespace)
+    made.url = backend.url(made.namespace)
     try:
-        yield made, total, every
+        yield made, backend.messages, backend.every
     finally:
         made.cleanup()
+        backend.cleanup(made.namespace)
 
 
 def test_sigkill_at_random_moments(
