@@ -73,6 +73,13 @@ class Workers:
     def publish(self, total: int) -> None:
         subprocess.run([sys.executable, str(WORKER), "publish", str(total)], env=self.env, check=True, timeout=300)
 
+    def publisher(self, total: int) -> subprocess.Popen[str]:
+        """A process publishing ``total`` jobs one by one, retrying through faults."""
+        return subprocess.Popen([sys.executable, str(WORKER), "publish-steadily", str(total)], env=self.env, text=True)
+
+    def publish_errors(self) -> int:
+        return int(self.state.get(f"{self.namespace}:publish_errors") or 0)
+
     def start(self) -> subprocess.Popen[str]:
         proc = subprocess.Popen([sys.executable, str(WORKER)], env=self.env, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None

@@ -22,7 +22,7 @@ import time
 import attrs
 import redis
 
-from eventbus import Bus, RedisDedupCache, Registry
+from eventbus import Bus, PublishError, RedisDedupCache, Registry
 
 NAMESPACE = os.environ["FAULT_NAMESPACE"]
 STATE = redis.Redis.from_url(os.environ["FAULT_STATE"])
@@ -76,10 +76,31 @@ def publish(total: int) -> None:
     bus.stop()
 
 
+def publish_steadily(total: int) -> None:
+    """Publish ``total`` jobs one by one, retrying each until the broker confirms it (faults are expected).
+
+    Counts the publishes that raised in ``<ns>:publish_errors``.
+    """
+    bus = make_bus()
+    bus.provision()
+    for n in range(total):
+        while True:
+            try:
+                STATE.sadd(f"{NAMESPACE}:sent", bus.publish(Job(n)))
+                break
+            except PublishError:
+                STATE.incr(f"{NAMESPACE}:publish_errors")
+                time.sleep(0.2)
+    bus.stop()
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="worker %(process)d %(levelname)s %(message)s")
     if len(sys.argv) > 2 and sys.argv[1] == "publish":
         publish(int(sys.argv[2]))
+        return
+    if len(sys.argv) > 2 and sys.argv[1] == "publish-steadily":
+        publish_steadily(int(sys.argv[2]))
         return
     bus = make_bus()
     print("ready", flush=True)
