@@ -31,9 +31,9 @@ lint: setup
     {{venv}}/bin/ruff format --check .
     {{venv}}/bin/mypy --strict eventbus
 
-# Run the shop example end to end (memory:// unless EVENTBUS_URL is set).
-demo: setup
-    {{python}} -m examples.shop
+# Run the shop example end to end: memory (threads), or rabbitmq, redis, sqs (three processes).
+demo backend="memory": setup
+    {{python}} -m examples.shop {{backend}}
 
 # Print the benchmark figures.
 bench: setup

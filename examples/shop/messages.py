@@ -41,3 +41,16 @@ class PaymentDeclined:
 class OrderShipped:
     order_id: str
     tracking: str
+
+
+@message(topic="shipping")
+@frozen
+class StockReleased:
+    order_id: str
+
+
+@message(topic="orders")
+@frozen
+class OrderClosed:
+    order_id: str
+    outcome: str

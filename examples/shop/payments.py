@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from eventbus import Context, subscribe
 
-from .journal import flow, say
+from .journal import say
 from .messages import OrderPlaced, PaymentCharged, PaymentDeclined
 
 CARD_LIMIT_CENTS = 50_000
@@ -12,7 +12,6 @@ CARD_LIMIT_CENTS = 50_000
 
 @subscribe(OrderPlaced)
 def charge(event: OrderPlaced, ctx: Context) -> None:
-    flow(ctx)
     if event.amount_cents > CARD_LIMIT_CENTS:
         say(ctx, "payments", f"{event.order_id} declined: {event.amount_cents / 100:.2f} is over the card limit")
         ctx.publish(PaymentDeclined(event.order_id, "card limit exceeded"))

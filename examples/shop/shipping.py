@@ -11,7 +11,7 @@ import threading
 from eventbus import Backoff, Context, subscribe
 
 from .journal import count, say
-from .messages import OrderCancelled, OrderShipped, PaymentCharged
+from .messages import OrderCancelled, OrderShipped, PaymentCharged, StockReleased
 
 _flaky_orders = {"o-1003"}
 _lock = threading.Lock()
@@ -38,3 +38,4 @@ def book_carrier(event: PaymentCharged, ctx: Context) -> None:
 @subscribe(OrderCancelled)
 def release_stock(event: OrderCancelled, ctx: Context) -> None:
     say(ctx, "shipping", f"{event.order_id}: stock released")
+    ctx.publish(StockReleased(event.order_id))

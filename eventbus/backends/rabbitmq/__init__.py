@@ -137,6 +137,9 @@ class RabbitMQBackend:
                 connection.close()
         return found
 
+    def __repr__(self) -> str:
+        return f"<RabbitMQBackend {redact_url(self.options.url)}>"
+
     def close(self) -> None:
         """Stop leftover consumers and close both connections; the next call reconnects."""
         with self._lock:
