@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -175,12 +176,17 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 def rabbitmq_url() -> Iterator[str]:
     """A RabbitMQ vhost of this test alone (so the app's fixed names are its own), deleted afterwards."""
     vhost = f"eventbus-cli-{uuid.uuid4().hex[:12]}"
+    rabbitmqctl = shutil.which("rabbitmqctl") or "rabbitmqctl"  # the test may take it off PATH meanwhile
     for command in (["add_vhost", vhost], ["set_permissions", "-p", vhost, RABBITMQ_USER, ".*", ".*", ".*"]):
-        done = subprocess.run(["rabbitmqctl", "-q", *command], capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run([rabbitmqctl, "-q", *command], capture_output=True, text=True, timeout=60, check=False)
         if done.returncode != 0:
             pytest.fail(f"rabbitmqctl {command[0]} failed ({done.stderr.strip()}); is RabbitMQ running?")
     yield f"{RABBITMQ_URL}/{vhost}?retry_delays=0.1,1&connection_name={vhost}"
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60, check=False)
+    done = subprocess.run(
+        [rabbitmqctl, "-q", "delete_vhost", vhost], capture_output=True, text=True, timeout=60, check=False
+    )
+    if done.returncode != 0:
+        pytest.fail(f"rabbitmqctl delete_vhost {vhost} failed: {done.stderr.strip()}")
 
 
 @pytest.fixture

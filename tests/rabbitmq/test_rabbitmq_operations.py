@@ -211,7 +211,8 @@ def test_inspect_reports_missing_extra_and_different_and_changes_nothing(
         f"  different  topic {payments}: a durable fanout exchange; eventbus needs a durable topic exchange",
         f"  different  queue {queue}: retry queue {queue}-retry-10s missing",
         f"  different  dead-letter queue {dlq}: x-max-length: plan (not set), broker 10",
-        f"  different  subscription {orders} -> {queue}: manifests: plan only OrderCancelled; broker only OrderRefunded",
+        f"  different  subscription {orders} -> {queue}: manifests: "
+        "plan only OrderCancelled; broker only OrderRefunded",
         "out of sync: 0 missing, 2 extra, 4 different",
     ]
     assert snapshot(uid) == before, "inspect changed something"

@@ -19,6 +19,7 @@ from eventbus.backends import redact_url
 from eventbus.backends.base import Consumer, DeliveryHandler
 from eventbus.backends.rabbitmq import dead_letters, diff
 from eventbus.backends.rabbitmq.consumer import RabbitConsumer, RabbitDelivery
+from eventbus.backends.rabbitmq.diff import InspectionError
 from eventbus.backends.rabbitmq.link import Link
 from eventbus.backends.rabbitmq.options import BrokerUnavailableError, Options
 from eventbus.backends.rabbitmq.publisher import Outgoing, Publisher
@@ -27,7 +28,14 @@ from eventbus.envelope import Envelope
 from eventbus.errors import PublishError
 from eventbus.topology import Topology, dead_letter_name
 
-__all__ = ["BrokerUnavailableError", "Options", "RabbitConsumer", "RabbitDelivery", "RabbitMQBackend"]
+__all__ = [
+    "BrokerUnavailableError",
+    "InspectionError",
+    "Options",
+    "RabbitConsumer",
+    "RabbitDelivery",
+    "RabbitMQBackend",
+]
 
 #: How many failed messages a publish_many error lists by name.
 _LISTED = 10
