@@ -120,8 +120,9 @@ def test_diff_on_rabbitmq_without_rabbitmqctl_says_what_it_needs(
     cli: Cli, make_app: Callable[..., App], rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     app = make_app(rabbitmq_url)
-    monkeypatch.setenv("PATH", str(tmp_path))  # no rabbitmqctl here
-    code, out, err = cli("topology", app.target, "--diff")
+    with monkeypatch.context() as patch:  # undone before the fixtures need rabbitmqctl again
+        patch.setenv("PATH", str(tmp_path))  # no rabbitmqctl here
+        code, out, err = cli("topology", app.target, "--diff")
     assert code == EXIT_ERROR
     assert out == ""
     assert err.startswith("eventbus topology: --diff on RabbitMQ reads the broker's listings with rabbitmqctl, ")

@@ -231,6 +231,7 @@ def test_inspect_says_what_it_needs_when_rabbitmqctl_is_not_there(
     bus = shop(registry, uid, amqp_url)
     backend = bus.backend
     assert isinstance(backend, RabbitMQBackend)
-    monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(InspectionError, match="reads the broker's listings with rabbitmqctl, which is not on PATH"):
-        backend.inspect(bus.topology())
+    with monkeypatch.context() as patch:
+        patch.setenv("PATH", str(tmp_path))
+        with pytest.raises(InspectionError, match="reads the broker's listings with rabbitmqctl, which is not on PATH"):
+            backend.inspect(bus.topology())

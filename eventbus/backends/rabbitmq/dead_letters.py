@@ -116,9 +116,11 @@ def replay(
                     batch = []
             moved += _move(ch, publisher, queue, dead_letter, batch, moved)
         finally:
-            if ch.is_open:
+            # If the connection is gone the broker has returned them already.
+            with contextlib.suppress(pika.exceptions.AMQPError):
                 for tag in skipped:
-                    ch.basic_nack(tag, requeue=True)
+                    if ch.is_open:
+                        ch.basic_nack(tag, requeue=True)
     return moved
 
 
