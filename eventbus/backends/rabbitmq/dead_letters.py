@@ -7,8 +7,10 @@ letter only once its copy is confirmed: a crash in between leaves a
 duplicate, never a loss. The dead letters it skips (not among the ids asked
 for) stay unacknowledged, so the broker does not hand them out again, and
 are given back with ``basic.nack(requeue)`` at the end, which puts them
-back in their place. It looks at no more messages than the dead-letter
-queue held when it started, so it ends even while new dead letters arrive.
+back in their place. It looks at the messages the dead-letter queue holds
+when it starts, then twice more at what came since (new dead letters, or
+messages a peek gave back late), so it ends even while dead letters keep
+arriving.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from eventbus.errors import PublishError
 
 #: Dead letters whose copies are published (and confirmed) together.
 BATCH = 100
+#: How many times a replay looks again for dead letters that came after it counted them.
+RECHECKS = 2
 _NOT_FOUND = 404
 
 
@@ -95,17 +99,26 @@ def replay(
                 f"no queue named {queue!r} on {redact_url(options.url)}; provision the service that consumes it first"
             )
         budget = depth(ch, dead_letter)
-        if not budget:
-            return moved  # no dead-letter queue, or an empty one
+        if budget is None:
+            return moved  # no dead-letter queue: no dead letters
         skipped: list[int] = []
         batch: list[tuple[int, Envelope]] = []
+        rechecks = 0
         try:
-            for _ in range(budget):
-                if limit is not None and len(moved) + len(batch) >= limit:
-                    break
+            while limit is None or len(moved) + len(batch) < limit:
+                if budget == 0:
+                    # Looked at all that was ready; see what came since (new dead letters, or
+                    # messages a peek returned late), a bounded number of times.
+                    rechecks += 1
+                    if rechecks > RECHECKS:
+                        break
+                    budget = depth(ch, dead_letter) or 0
+                    if budget == 0:
+                        break
                 method, properties, body = ch.basic_get(dead_letter, auto_ack=False)
                 if method is None:
                     break
+                budget -= 1
                 envelope = wire.envelope(body, properties)
                 if wanted is not None and envelope.message_id not in wanted:
                     skipped.append(method.delivery_tag)

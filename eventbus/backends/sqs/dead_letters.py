@@ -7,9 +7,9 @@ and deletes a dead letter only once SendMessageBatch accepted its copy: a
 crash in between leaves a duplicate, never a loss. The dead letters it skips
 stay hidden until the end, so each is looked at once, and are then made
 visible again, untouched. It ends when the dead-letter queue has nothing
-left to show, and looks at no more than about twice as many messages as
-the queue held when it started, so it ends even while dead letters keep
-arriving.
+new to show, or once it has looked at what the queue held when it started
+and twice more at what was left then, so it ends even while dead letters
+keep arriving.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ log = logging.getLogger("eventbus.sqs")
 
 #: Seconds a dead letter stays hidden while a replay or purge holds it (longer than one batch takes).
 HOLD = 120
+#: How many times a replay or purge looks again for dead letters that came after it counted them.
+RECHECKS = 2
 
 
 def replay(
@@ -85,24 +87,36 @@ def purge(sqs: SQSClient, dead_letter_url: str, wait: int) -> int:
 
 
 def _receive(sqs: SQSClient, url: str, wait: int) -> Iterator[list[MessageTypeDef]]:
-    """Batches of messages never seen before, hidden for :data:`HOLD` seconds, until none come or enough were."""
-    counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
-    budget = 2 * int(counts.get("ApproximateNumberOfMessages", "0")) + BATCH
+    """Batches of messages not seen before, hidden for :data:`HOLD` seconds, until no new one comes.
+
+    It stops too once it has looked at as many as the queue showed at the
+    start, and then twice more at as many as it shows when that is done
+    (what it holds is hidden, so that is what is left): the counts are
+    approximate, and dead letters may keep arriving.
+    """
     seen: set[str] = set()
-    while len(seen) < budget:
-        response = sqs.receive_message(
-            QueueUrl=url,
-            MaxNumberOfMessages=BATCH,
-            WaitTimeSeconds=min(wait, 1),
-            VisibilityTimeout=HOLD,
-            MessageAttributeNames=["All"],
-            MessageSystemAttributeNames=["MessageGroupId"],
-        )
-        fresh = [m for m in response.get("Messages", []) if m.get("MessageId", "") not in seen]
-        if not fresh:
-            return
-        seen.update(m.get("MessageId", "") for m in fresh)
-        yield fresh
+    budget = 0
+    for _ in range(1 + RECHECKS):
+        budget += _visible(sqs, url) + BATCH  # a margin: SQS's counts are approximate
+        while len(seen) < budget:
+            response = sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=BATCH,
+                WaitTimeSeconds=min(wait, 1),
+                VisibilityTimeout=HOLD,
+                MessageAttributeNames=["All"],
+                MessageSystemAttributeNames=["MessageGroupId"],
+            )
+            fresh = [m for m in response.get("Messages", []) if m.get("MessageId", "") not in seen]
+            if not fresh:
+                return
+            seen.update(m.get("MessageId", "") for m in fresh)
+            yield fresh
+
+
+def _visible(sqs: SQSClient, url: str) -> int:
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+    return int(attributes.get("ApproximateNumberOfMessages", "0"))
 
 
 def _move(
