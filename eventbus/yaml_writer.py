@@ -16,7 +16,8 @@ from typing import Any
 
 # Starts with a letter, '_', '$' or '/', then letters, digits, spaces and a few
 # harmless punctuation marks; no ':' or '#', so never a mapping or a comment.
-_BARE = re.compile(r"^[A-Za-z_$/][A-Za-z0-9_$/.() ,'-]*$")
+# (\Z, not $: $ also matches before a final newline, and "A\n" must be quoted.)
+_BARE = re.compile(r"^[A-Za-z_$/][A-Za-z0-9_$/.() ,'-]*\Z")
 # Words that YAML 1.1 (PyYAML and friends) read as booleans or null.
 _RESERVED = frozenset({"y", "n", "yes", "no", "true", "false", "on", "off", "null"})
 # Characters YAML does not allow unescaped, or reads as line breaks (NEL, LS, PS).

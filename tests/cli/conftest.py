@@ -1,23 +1,31 @@
-"""Fixtures for the CLI tests: an app module written per test in a directory of its own, on memory or Redis."""
+"""Fixtures for the CLI tests: an app module written per test in a directory of its own, on each backend."""
 
 from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from urllib.parse import urlsplit
 
+import boto3
 import pytest
 import redis
 
 from eventbus.cli import main
+from tests import moto_server
 
 REDIS_URL = os.environ.get("EVENTBUS_REDIS_URL", "redis://127.0.0.1:6379/0")
+#: The RabbitMQ broker without a vhost: each test gets a vhost of its own.
+RABBITMQ_URL = os.environ.get("EVENTBUS_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F").rsplit("/", 1)[0]
+RABBITMQ_USER = urlsplit(RABBITMQ_URL).username or "guest"
 
 #: The app every test runs: two message types on two topics, handled on two queues.
 #: ``charge`` fails while ``failing["on"]``; it retries once, then the message is dead-lettered.
@@ -164,19 +172,63 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     client.close()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture
+def rabbitmq_url() -> Iterator[str]:
+    """A RabbitMQ vhost of this test alone (so the app's fixed names are its own), deleted afterwards."""
+    vhost = f"eventbus-cli-{uuid.uuid4().hex[:12]}"
+    rabbitmqctl = shutil.which("rabbitmqctl") or "rabbitmqctl"  # the test may take it off PATH meanwhile
+    for command in (["add_vhost", vhost], ["set_permissions", "-p", vhost, RABBITMQ_USER, ".*", ".*", ".*"]):
+        done = subprocess.run([rabbitmqctl, "-q", *command], capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode != 0:
+            pytest.fail(f"rabbitmqctl {command[0]} failed ({done.stderr.strip()}); is RabbitMQ running?")
+    yield f"{RABBITMQ_URL}/{vhost}?retry_delays=0.1,1&connection_name={vhost}"
+    done = subprocess.run(
+        [rabbitmqctl, "-q", "delete_vhost", vhost], capture_output=True, text=True, timeout=60, check=False
+    )
+    if done.returncode != 0:
+        pytest.fail(f"rabbitmqctl delete_vhost {vhost} failed: {done.stderr.strip()}")
+
+
+@pytest.fixture
+def sqs_url() -> Iterator[str]:
+    """An sqs:// URL on the shared local SNS/SQS server, with a name prefix of this test; its resources go after."""
+    prefix = f"cli{uuid.uuid4().hex[:8]}-"
+    yield moto_server.sqs_url(prefix=prefix)
+    endpoint = moto_server.shared().url
+    options = {"region_name": moto_server.REGION, "endpoint_url": endpoint}
+    keys = {"aws_access_key_id": moto_server.KEY, "aws_secret_access_key": moto_server.SECRET}
+    sqs, sns = boto3.client("sqs", **options, **keys), boto3.client("sns", **options, **keys)
+    for queue in sqs.list_queues(QueueNamePrefix=prefix).get("QueueUrls", []):
+        sqs.delete_queue(QueueUrl=queue)
+    for topic in sns.list_topics().get("Topics", []):
+        if topic["TopicArn"].rsplit(":", 1)[-1].startswith(prefix):
+            sns.delete_topic(TopicArn=topic["TopicArn"])
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+        pytest.param("sqs", marks=pytest.mark.sqs),
+    ]
+)
 def url(request: pytest.FixtureRequest) -> str:
-    """A broker URL private to the test: memory, then Redis with its own key prefix."""
+    """A broker URL private to the test: memory, Redis with its own key prefix, a RabbitMQ vhost, SQS with a prefix."""
     if request.param == "memory":
         return f"memory://{uuid.uuid4().hex}"
+    if request.param == "rabbitmq":
+        return str(request.getfixturevalue("rabbitmq_url"))
+    if request.param == "sqs":
+        return str(request.getfixturevalue("sqs_url"))
     redis_url = request.getfixturevalue("redis_url")
     prefix = request.getfixturevalue("redis_prefix")
     return f"{redis_url}?prefix={prefix}&reclaim=1&block=0.2"
 
 
 @pytest.fixture
-def app(make_app: Callable[..., App], url: str) -> App:
-    """The app on the test's broker."""
+def app(url: str, make_app: Callable[..., App]) -> App:
+    """The app on the test's broker (set up before the app, so the app's bus stops before the broker is cleaned)."""
     return make_app(url)
 
 

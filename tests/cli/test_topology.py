@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -112,3 +113,19 @@ def test_diff_on_a_backend_that_cannot_inspect_exits_1(cli: Cli, plain_app: App)
         "(it does not implement inspect())\n"
     )
     assert cli("topology", f"{app.name}:plain", "--apply")[0] == EXIT_OK
+
+
+@pytest.mark.rabbitmq
+def test_diff_on_rabbitmq_without_rabbitmqctl_says_what_it_needs(
+    cli: Cli, make_app: Callable[..., App], rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    app = make_app(rabbitmq_url)
+    with monkeypatch.context() as patch:  # undone before the fixtures need rabbitmqctl again
+        patch.setenv("PATH", str(tmp_path))  # no rabbitmqctl here
+        code, out, err = cli("topology", app.target, "--diff")
+    assert code == EXIT_ERROR
+    assert out == ""
+    assert err.startswith("eventbus topology: --diff on RabbitMQ reads the broker's listings with rabbitmqctl, ")
+    assert "run it on the broker's host" in err
+    assert "guest:guest" not in err
+    assert err.count("\n") == 1

@@ -4,21 +4,22 @@ Modules: :mod:`.options` (the URL), :mod:`.topology` (what a plan becomes on
 the broker, and provisioning), :mod:`.link` (a connection on its own I/O
 thread, reconnected with backoff), :mod:`.publisher` (confirmed, pipelined
 publishing), :mod:`.consumer` (deliveries handled on worker threads) and
-:mod:`.wire` (envelopes as AMQP properties and headers).
+:mod:`.wire` (envelopes as AMQP properties and headers); for operations,
+:mod:`.dead_letters` (peek, replay, purge) and :mod:`.diff` (the broker
+compared with a plan).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
-import pika
-import pika.exceptions
-
+from eventbus import inspection
 from eventbus.backends import redact_url
 from eventbus.backends.base import Consumer, DeliveryHandler
-from eventbus.backends.rabbitmq import wire
+from eventbus.backends.rabbitmq import dead_letters, diff
 from eventbus.backends.rabbitmq.consumer import RabbitConsumer, RabbitDelivery
+from eventbus.backends.rabbitmq.diff import InspectionError
 from eventbus.backends.rabbitmq.link import Link
 from eventbus.backends.rabbitmq.options import BrokerUnavailableError, Options
 from eventbus.backends.rabbitmq.publisher import Outgoing, Publisher
@@ -27,7 +28,14 @@ from eventbus.envelope import Envelope
 from eventbus.errors import PublishError
 from eventbus.topology import Topology, dead_letter_name
 
-__all__ = ["BrokerUnavailableError", "Options", "RabbitConsumer", "RabbitDelivery", "RabbitMQBackend"]
+__all__ = [
+    "BrokerUnavailableError",
+    "InspectionError",
+    "Options",
+    "RabbitConsumer",
+    "RabbitDelivery",
+    "RabbitMQBackend",
+]
 
 #: How many failed messages a publish_many error lists by name.
 _LISTED = 10
@@ -116,26 +124,36 @@ class RabbitMQBackend:
 
     def dead_letters(self, queue: str, limit: int) -> list[Envelope]:
         """Peek at up to ``limit`` messages of ``queue``'s dead-letter queue; they stay there."""
-        try:
-            connection = pika.BlockingConnection(self.options.connection_parameters("inspect"))
-        except pika.exceptions.AMQPError as exc:
-            raise BrokerUnavailableError(f"cannot connect to {redact_url(self.options.url)}: {exc!r}") from exc
-        found: list[Envelope] = []
-        try:
-            channel = connection.channel()
-            while len(found) < limit:
-                method, properties, body = channel.basic_get(self._dead_letter_of(queue), auto_ack=False)
-                if method is None:
-                    break
-                found.append(wire.envelope(body, properties))
-            # Closing the channel without acking puts every message back where it was.
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code != 404:  # no dead-letter queue: no dead letters
-                raise
-        finally:
-            if connection.is_open:
-                connection.close()
-        return found
+        return dead_letters.peek(self.options, self._dead_letter_of(queue), limit)
+
+    def replay_dead_letters(
+        self, queue: str, *, limit: int | None = None, message_ids: Collection[str] | None = None
+    ) -> list[str]:
+        """Move dead letters of ``queue`` back onto it, oldest first; return their message ids.
+
+        Each copy is confirmed on the queue before its dead letter is acked;
+        the dead letters not selected stay where they were.
+        """
+        return dead_letters.replay(
+            self.options,
+            self._publisher,
+            queue,
+            self._dead_letter_of(queue),
+            limit=limit,
+            message_ids=message_ids,
+        )
+
+    def purge_dead_letters(self, queue: str) -> int:
+        """Delete the dead letters of ``queue`` (queue.purge: those being peeked at stay); return how many."""
+        return dead_letters.purge(self.options, self._dead_letter_of(queue))
+
+    def inspect(self, topology: Topology) -> inspection.TopologyReport:
+        """Compare ``topology`` with the broker's exchanges, queues and bindings; change nothing.
+
+        Reads the broker's listings with ``rabbitmqctl`` (see :mod:`.diff`).
+        """
+        found = diff.read(self.options)
+        return diff.compare(topology, self.plan(topology), self.options.retry_delays, found)
 
     def __repr__(self) -> str:
         return f"<RabbitMQBackend {redact_url(self.options.url)}>"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -15,11 +15,12 @@ import boto3.session
 from botocore.config import Config
 
 from eventbus import envelope as h
+from eventbus import inspection
 from eventbus.backends import redact_url
 from eventbus.backends.base import Consumer, DeliveryHandler
-from eventbus.backends.sqs import wire
+from eventbus.backends.sqs import dead_letters, diff, wire
 from eventbus.backends.sqs.consumer import AWS_ERRORS, BATCH, SqsConsumer
-from eventbus.backends.sqs.provision import Names, Provisioned, Provisioner
+from eventbus.backends.sqs.provision import Names, Provisioned, Provisioner, Reader
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError, EventbusError, PublishError
 from eventbus.specs import is_fifo
@@ -423,6 +424,56 @@ class SqsBackend:
         finally:
             self._show_again(url, receipts)
         return list(found.values())[:limit]
+
+    def replay_dead_letters(
+        self, queue: str, *, limit: int | None = None, message_ids: Collection[str] | None = None
+    ) -> list[str]:
+        """Move dead letters of ``queue`` back onto it; return their message ids (see :mod:`.dead_letters`).
+
+        Each copy is accepted by SQS before its dead letter is deleted; the
+        dead letters not selected are made visible again, untouched.
+        """
+        target = self._existing_queue(queue)
+        try:
+            source = self.queue_url(dead_letter_name(queue))
+            if source is None:
+                return []
+            return dead_letters.replay(
+                self.sqs,
+                queue=self.names.queue(queue),
+                queue_url=target,
+                dead_letter_url=source,
+                wait=self.wait,
+                limit=limit,
+                message_ids=message_ids,
+            )
+        except AWS_ERRORS as exc:
+            raise EventbusError(
+                f"replaying the dead letters of {self.names.queue(queue)} failed ({self._where()}): {exc}"
+            ) from exc
+
+    def purge_dead_letters(self, queue: str) -> int:
+        """Delete the dead letters of ``queue`` (those hidden by a peek at that moment stay); return how many."""
+        try:
+            source = self.queue_url(dead_letter_name(queue))
+            return 0 if source is None else dead_letters.purge(self.sqs, source, self.wait)
+        except AWS_ERRORS as exc:
+            raise EventbusError(
+                f"purging the dead letters of {self.names.queue(queue)} failed ({self._where()}): {exc}"
+            ) from exc
+
+    def inspect(self, topology: Topology) -> inspection.TopologyReport:
+        """Compare ``topology`` with the topics, queues and subscriptions on SNS/SQS; change nothing."""
+        try:
+            return diff.inspect(
+                Reader(self.sns, self.sqs),
+                self.names,
+                topology,
+                max_receives=self.max_receives,
+                visibility=self.visibility,
+            )
+        except AWS_ERRORS as exc:
+            raise EventbusError(f"could not read the topology on SNS/SQS ({self._where()}): {exc}") from exc
 
     def _show_again(self, url: str, receipts: list[str]) -> None:
         for start in range(0, len(receipts), BATCH):

@@ -77,12 +77,77 @@ class Names:
         return self.prefix + name
 
 
+def queue_settings(dead_letter_arn: str, *, max_receives: int, visibility: int) -> dict[QueueAttributeNameType, str]:
+    """The attributes a service queue should have."""
+    redrive = {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": max_receives}
+    return {"VisibilityTimeout": str(visibility), "RedrivePolicy": json.dumps(redrive)}
+
+
+#: The attributes a dead-letter queue should have.
+DEAD_LETTER_SETTINGS: dict[QueueAttributeNameType, str] = {"MessageRetentionPeriod": str(DEAD_LETTER_RETENTION)}
+
+
+def subscription_settings(manifests: Iterable[str]) -> dict[str, str]:
+    """The attributes of the subscription of a queue that takes ``manifests`` from a topic."""
+    return {
+        "RawMessageDelivery": "true",
+        "FilterPolicyScope": "MessageAttributes",
+        "FilterPolicy": json.dumps({"manifest": list(manifests)}),
+    }
+
+
+class Reader:
+    """Reads what SNS and SQS have; changes nothing (shared by provisioning and inspection)."""
+
+    def __init__(self, sns: SNSClient, sqs: SQSClient) -> None:
+        self._sns = sns
+        self._sqs = sqs
+
+    def topic_arns(self) -> dict[str, str]:
+        """SNS topic name -> ARN, for every topic."""
+        arns: dict[str, str] = {}
+        for page in self._sns.get_paginator("list_topics").paginate():
+            for topic in page.get("Topics", []):
+                if "TopicArn" in topic:
+                    arns[topic["TopicArn"].rsplit(":", 1)[-1]] = topic["TopicArn"]
+        return arns
+
+    def queue_url(self, name: str) -> str | None:
+        """The URL of SQS queue ``name``, or None if there is none."""
+        try:
+            return self._sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        except self._sqs.exceptions.QueueDoesNotExist:
+            return None
+
+    def queue_attributes(self, url: str) -> dict[str, str]:
+        """Every attribute of the queue at ``url``."""
+        attributes = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        return {str(key): value for key, value in attributes.items()}
+
+    def queue_subscriptions(self, topic_arn: str | None = None) -> Iterator[tuple[str, str, str]]:
+        """``(topic ARN, queue ARN, subscription ARN)`` of the SQS subscriptions of a topic, or of all topics."""
+        if topic_arn is None:
+            pages: Iterable[Any] = self._sns.get_paginator("list_subscriptions").paginate()
+        else:
+            pages = self._sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn)
+        for page in pages:
+            for sub in page.get("Subscriptions", []):
+                if sub.get("Protocol") == "sqs" and "Endpoint" in sub and "SubscriptionArn" in sub:
+                    yield sub.get("TopicArn", topic_arn or ""), sub["Endpoint"], sub["SubscriptionArn"]
+
+    def subscription_attributes(self, arn: str) -> dict[str, str]:
+        """The attributes of subscription ``arn``, with SNS's defaults for those it leaves out."""
+        current = self._sns.get_subscription_attributes(SubscriptionArn=arn).get("Attributes", {})
+        return {**_SUBSCRIPTION_DEFAULTS, **{key: value for key, value in current.items() if value}}
+
+
 class Provisioner:
     """Applies topologies with one pair of clients and one set of settings."""
 
     def __init__(self, sns: SNSClient, sqs: SQSClient, names: Names, *, max_receives: int, visibility: int) -> None:
         self._sns = sns
         self._sqs = sqs
+        self._read = Reader(sns, sqs)
         self._names = names
         self._max_receives = max_receives
         self._visibility = visibility
@@ -97,17 +162,13 @@ class Provisioner:
         queue_arns: dict[str, str] = {}
         for plan in topology.queues:
             dlq_url, dlq_arn = self._queue(
-                plan.dead_letter,
-                plan.fifo,
-                {"MessageRetentionPeriod": str(DEAD_LETTER_RETENTION)},
-                keep={"MessageRetentionPeriod"},
+                plan.dead_letter, plan.fifo, DEAD_LETTER_SETTINGS, keep={"MessageRetentionPeriod"}
             )
-            redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": self._max_receives}
             sources = sorted({topic_arns[s.topic] for s in topology.subscriptions if s.queue == plan.name})
             url, arn = self._queue(
                 plan.name,
                 plan.fifo,
-                {"VisibilityTimeout": str(self._visibility), "RedrivePolicy": json.dumps(redrive)},
+                queue_settings(dlq_arn, max_receives=self._max_receives, visibility=self._visibility),
                 sources=sources,
             )
             queue_urls[plan.dead_letter] = dlq_url
@@ -146,7 +207,7 @@ class Provisioner:
     # -- topics -------------------------------------------------------------
 
     def _topics(self, topics: Iterable[str]) -> dict[str, str]:
-        existing = {arn.rsplit(":", 1)[-1]: arn for arn in self._list_topics()}
+        existing = self._read.topic_arns()
         arns: dict[str, str] = {}
         for topic in topics:
             name = self._names.topic(topic)
@@ -157,12 +218,6 @@ class Provisioner:
                 self._note("created", f"topic {name}")
             arns[topic] = arn
         return arns
-
-    def _list_topics(self) -> Iterator[str]:
-        for page in self._sns.get_paginator("list_topics").paginate():
-            for topic in page.get("Topics", []):
-                if "TopicArn" in topic:
-                    yield topic["TopicArn"]
 
     # -- queues -------------------------------------------------------------
 
@@ -181,7 +236,7 @@ class Provisioner:
         only reported when an existing queue differs.
         """
         name = self._names.queue(queue)
-        url = self._queue_url(name)
+        url = self._read.queue_url(name)
         if url is None:
             attributes = dict(wanted)
             if fifo:
@@ -189,16 +244,16 @@ class Provisioner:
             url = self._sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
             self._note("created", f"queue {name}")
             arn = self._queue_arn(url)
-            policy = _merged_policy(name, None, arn, sources) if sources else None
+            policy = merged_policy(name, None, arn, sources) if sources else None
             if policy is not None:
                 self._sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy})
             return url, arn
-        found = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        found = self._read.queue_attributes(url)
         arn = found["QueueArn"]
         updates: dict[QueueAttributeNameType, str] = {}
         for key, value in wanted.items():
             old = found.get(key)
-            if _same_attribute(key, old, value):
+            if same_attribute(key, old, value):
                 continue
             if keep and key in keep:
                 self._note("left", f"queue {name}", f"{key} is {old}, the plan says {value}; not changed")
@@ -206,7 +261,7 @@ class Provisioner:
             updates[key] = value
             self._note("updated", f"queue {name}", f"{key} {old} -> {value}")
         if sources:
-            policy = _merged_policy(name, found.get("Policy"), arn, sources)
+            policy = merged_policy(name, found.get("Policy"), arn, sources)
             if policy is not None:
                 updates["Policy"] = policy
                 self._note("updated", f"queue {name}", f"policy now lets {', '.join(sources)} deliver")
@@ -216,12 +271,6 @@ class Provisioner:
         if updates:
             self._sqs.set_queue_attributes(QueueUrl=url, Attributes=updates)
         return url, arn
-
-    def _queue_url(self, name: str) -> str | None:
-        try:
-            return self._sqs.get_queue_url(QueueName=name)["QueueUrl"]
-        except self._sqs.exceptions.QueueDoesNotExist:
-            return None
 
     def _queue_arn(self, url: str) -> str:
         return self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -245,11 +294,7 @@ class Provisioner:
                             "Unsubscribe it once no running version of the service needs it",
                         )
                     continue
-                wanted = {
-                    "RawMessageDelivery": "true",
-                    "FilterPolicyScope": "MessageAttributes",
-                    "FilterPolicy": json.dumps({"manifest": list(manifests)}),
-                }
+                wanted = subscription_settings(manifests)
                 if arn is None:
                     self._sns.subscribe(
                         TopicArn=topic_arns[topic],
@@ -266,18 +311,13 @@ class Provisioner:
 
     def _queue_subscriptions(self, topic_arn: str) -> dict[str, str]:
         """Queue ARN -> subscription ARN of the SQS subscriptions of a topic."""
-        found: dict[str, str] = {}
-        for page in self._sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn):
-            for sub in page.get("Subscriptions", []):
-                if sub.get("Protocol") == "sqs" and "Endpoint" in sub and "SubscriptionArn" in sub:
-                    found[sub["Endpoint"]] = sub["SubscriptionArn"]
-        return found
+        return {queue: sub for _, queue, sub in self._read.queue_subscriptions(topic_arn)}
 
     def _reconcile_subscription(self, resource: str, arn: str, wanted: dict[str, str]) -> None:
-        current = self._sns.get_subscription_attributes(SubscriptionArn=arn).get("Attributes", {})
+        current = self._read.subscription_attributes(arn)
         for key, value in wanted.items():
-            old = current.get(key) or _SUBSCRIPTION_DEFAULTS.get(key)
-            if _same_attribute(key, old, value):
+            old = current.get(key)
+            if same_attribute(key, old, value):
                 continue
             # All safe: the consumer reads raw and wrapped messages, and the
             # filter is what this service handles now.
@@ -285,7 +325,8 @@ class Provisioner:
             self._note("updated", resource, f"{key} {old} -> {value}")
 
 
-def _same_attribute(key: str, old: str | None, new: str) -> bool:
+def same_attribute(key: str, old: str | None, new: str) -> bool:
+    """Whether attribute ``key`` has the value ``new`` (JSON policies compared as data)."""
     if old is None:
         return False
     if key in ("RedrivePolicy", "FilterPolicy", "Policy"):
@@ -307,7 +348,7 @@ def _normalized(value: Any) -> Any:
     return value
 
 
-def _merged_policy(queue: str, current: str | None, queue_arn: str, sources: list[str]) -> str | None:
+def merged_policy(queue: str, current: str | None, queue_arn: str, sources: list[str]) -> str | None:
     """The queue policy with our statement allowing ``sources``, or None if it already does.
 
     Statements of others are kept, and so are topics we allowed before
