@@ -7,7 +7,8 @@ Flows (see each module of bench/compare/ for exactly what runs):
 
 1. publish: RabbitMQ publishing, raw pika (unconfirmed, confirmed), Kombu, FastStream, eventbus;
 2. e2e: RabbitMQ publish -> typed message -> handler -> ack: raw pika, Kombu, FastStream, Dramatiq, eventbus;
-3. sqs: SNS/SQS on a local moto_server, one message per call vs eventbus's batches;
+3. sqs: SNS/SQS on a local moto_server, one message per call vs eventbus's batches (also through a
+   proxy adding 10 ms per call);
 4. memory: FastStream's TestRabbitBroker vs bus.testing() vs bus.start() on memory://;
 5. dedup: eventbus end to end without and with RedisDedupCache;
 6. scaling: eventbus end to end with a 5 ms handler on 1, 2, 4, 8 threads.
@@ -39,6 +40,7 @@ TITLES = {
     publish.FLOW: "1. " + publish.TITLE,
     end_to_end.FLOW: "2. " + end_to_end.TITLE,
     sqs_flow.FLOW: "3. " + sqs_flow.TITLE,
+    sqs_flow.RTT_FLOW: "3b. " + sqs_flow.RTT_TITLE,
     memory_flow.FLOW: "4. " + memory_flow.TITLE,
     end_to_end.DEDUP_FLOW: "5. " + end_to_end.DEDUP_TITLE,
     end_to_end.SCALING_FLOW: "6. " + end_to_end.SCALING_TITLE,
@@ -52,6 +54,7 @@ TARGETS = [
     Target(end_to_end.FLOW, end_to_end.EVENTBUS, end_to_end.KOMBU, 1.5),
     Target(end_to_end.FLOW, end_to_end.EVENTBUS, end_to_end.FASTSTREAM, 1.5),
     Target(sqs_flow.FLOW, sqs_flow.EVENTBUS, sqs_flow.ONE_PER_CALL, 5.0),
+    Target(sqs_flow.RTT_FLOW, sqs_flow.EVENTBUS, sqs_flow.ONE_PER_CALL, 5.0),
     Target(memory_flow.FLOW, memory_flow.TESTING, memory_flow.FASTSTREAM, 10.0),
 ]
 TESTING_CEILING = (memory_flow.FLOW, memory_flow.TESTING, 20.0)

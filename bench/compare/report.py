@@ -104,7 +104,9 @@ def judge(
         measured = statistics.median(ratios)
         verdicts.append(
             Verdict(
-                f"{target.case} >= {target.ratio:g}x {target.against}", f"{measured:.2f}x", measured >= target.ratio
+                f"{target.flow}: {target.case} >= {target.ratio:g}x {target.against}",
+                f"{measured:.2f}x",
+                measured >= target.ratio,
             )
         )
     flow, name, ceiling = max_us
@@ -113,7 +115,9 @@ def judge(
         times = [r[_key(case)] / case.messages * 1e6 for r in rounds if _key(case) in r]
         if times:
             measured = statistics.median(times)
-            verdicts.append(Verdict(f"{name} <= {ceiling:g} µs per message", f"{measured:.1f} µs", measured <= ceiling))
+            verdicts.append(
+                Verdict(f"{flow}: {name} <= {ceiling:g} µs per message", f"{measured:.1f} µs", measured <= ceiling)
+            )
     return verdicts
 
 
@@ -205,6 +209,8 @@ def chart(path: Path, rows: list[Row], titles: dict[str, str], about: dict[str, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter
 
     flows = list(dict.fromkeys(row.flow for row in rows))
     heights = [len([r for r in rows if r.flow == flow]) + 1.2 for flow in flows]
@@ -223,13 +229,20 @@ def chart(path: Path, rows: list[Row], titles: dict[str, str], about: dict[str, 
         axis.set_title(titles.get(flow, flow), loc="left", fontsize=10, fontweight="bold")
         axis.tick_params(axis="y", labelsize=8.5)
         axis.tick_params(axis="x", labelsize=8)
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
         axis.spines[["top", "right"]].set_visible(False)
     figure.suptitle(
         f"eventbus and its peers, msg/s (median of rounds; ratio to the first row of each flow, within rounds)\n"
         f"{about['date'][:10]}, Python {about['python']}, {about['cpus']} cores shared with other work",
         fontsize=10,
     )
-    figure.tight_layout()
+    figure.legend(
+        handles=[Patch(color="#1f77b4", label="eventbus"), Patch(color="#b0b0b0", label="peers")],
+        loc="upper right",
+        fontsize=8.5,
+        frameon=False,
+    )
+    figure.tight_layout(rect=(0, 0, 1, 0.985))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
