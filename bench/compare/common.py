@@ -41,13 +41,21 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class Timing:
+    """How long moving the messages took: wall clock, and CPU time of this process (all its threads)."""
+
+    wall: float
+    cpu: float | None
+
+
+@dataclass(frozen=True)
 class Case:
-    """One way of running a flow: ``run()`` moves ``messages`` messages and returns the seconds it took."""
+    """One way of running a flow: ``run()`` moves ``messages`` messages and returns how long that took."""
 
     flow: str
     name: str
     messages: int
-    run: Callable[[], float]
+    run: Callable[[], Timing]
     #: Ratios in this flow are taken against the reference case of the same round.
     reference: bool = False
 
@@ -81,11 +89,17 @@ class Countdown:
             raise SystemExit(f"only {self.count} of {self.target} messages were handled within {timeout:.0f}s")
 
 
-def timed(run: Callable[[], object]) -> float:
-    """Seconds ``run`` took."""
-    start = time.perf_counter()
+def stopwatch() -> Callable[[], Timing]:
+    """Start timing now; call the result to stop: ``stop = stopwatch(); ...; return stop()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    return lambda: Timing(time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def timed(run: Callable[[], object]) -> Timing:
+    """How long ``run`` took."""
+    stop = stopwatch()
     run()
-    return time.perf_counter() - start
+    return stop()
 
 
 class Admin:

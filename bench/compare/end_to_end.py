@@ -25,7 +25,6 @@ import contextlib
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 import dramatiq
@@ -38,7 +37,7 @@ from pydantic import BaseModel
 
 from eventbus import Bus
 
-from .common import FILL, MANIFEST, Case, Sample, raw_properties
+from .common import FILL, MANIFEST, Case, Sample, Timing, raw_properties, stopwatch
 from .rabbit import Rig
 
 FLOW = "end to end"
@@ -67,16 +66,16 @@ def cases(rig: Rig) -> list[Case]:
     n, slow = rig.settings.messages, rig.settings.slow_messages
     url, queue, counted = rig.url, rig.queue, rig.countdown
 
-    def purged(run: Callable[[], float]) -> Callable[[], float]:
-        def wrapped() -> float:
+    def purged(run: Callable[[], Timing]) -> Callable[[], Timing]:
+        def wrapped() -> Timing:
             rig.admin.purge(queue)
             return run()
 
         return wrapped
 
-    def raw_pika() -> float:
+    def raw_pika() -> Timing:
         counted.reset(n)
-        stop = threading.Event()
+        finished = threading.Event()
         ready = threading.Event()
 
         def consume() -> None:
@@ -91,7 +90,7 @@ def cases(rig: Rig) -> list[Case]:
 
             channel.basic_consume(queue, on_message)
             ready.set()
-            while not stop.is_set():
+            while not finished.is_set():
                 connection.process_data_events(time_limit=0.05)
             connection.close()
 
@@ -101,20 +100,20 @@ def cases(rig: Rig) -> list[Case]:
         connection = pika.BlockingConnection(pika.URLParameters(url))
         channel = connection.channel()
         properties, body = raw_properties(), rig.body
-        start = time.perf_counter()
+        stop = stopwatch()
         for _ in range(n):
             channel.basic_publish(rig.topic, MANIFEST, body, properties)
         counted.wait()
-        elapsed = time.perf_counter() - start
-        stop.set()
+        elapsed = stop()
+        finished.set()
         consumer.join()
         connection.close()
         return elapsed
 
-    def kombu_flow(count: int, confirm: bool) -> Callable[[], float]:
-        def run() -> float:
+    def kombu_flow(count: int, confirm: bool) -> Callable[[], Timing]:
+        def run() -> Timing:
             counted.reset(count)
-            stop = threading.Event()
+            finished = threading.Event()
             ready = threading.Event()
 
             def on_message(body: dict[str, object], message: kombu.Message) -> None:
@@ -133,7 +132,7 @@ def cases(rig: Rig) -> list[Case]:
                     ),
                 ):
                     ready.set()
-                    while not stop.is_set():
+                    while not finished.is_set():
                         with contextlib.suppress(TimeoutError):
                             connection.drain_events(timeout=0.05)
 
@@ -145,23 +144,23 @@ def cases(rig: Rig) -> list[Case]:
                 producer = connection.Producer()
                 payloads = [{"n": i, "fill": FILL} for i in range(count)]
                 connection.ensure_connection()
-                start = time.perf_counter()
+                stop = stopwatch()
                 for payload in payloads:
                     producer.publish(
                         payload, exchange=rig.topic, routing_key=MANIFEST, serializer="json", delivery_mode=2
                     )
                 counted.wait()
-                elapsed = time.perf_counter() - start
-            stop.set()
+                elapsed = stop()
+            finished.set()
             consumer.join()
             return elapsed
 
         return run
 
-    def faststream() -> float:
+    def faststream() -> Timing:
         counted.reset(n)
 
-        async def main() -> float:
+        async def main() -> Timing:
             broker = RabbitBroker(url, logger=None)
 
             @broker.subscriber(RabbitQueue(queue, declare=False), channel=Channel(prefetch_count=PREFETCH))
@@ -172,8 +171,7 @@ def cases(rig: Rig) -> list[Case]:
             models = [SampleModel(n=i, fill=FILL) for i in range(n)]
             await broker.start()
             try:
-                loop = asyncio.get_running_loop()
-                start = loop.time()
+                stop = stopwatch()
                 for first in range(0, n, CHUNK):
                     await asyncio.gather(
                         *(
@@ -183,13 +181,13 @@ def cases(rig: Rig) -> list[Case]:
                     )
                 while not counted.done:
                     await asyncio.sleep(0.002)
-                return loop.time() - start
+                return stop()
             finally:
                 await broker.stop()
 
         return asyncio.run(main())
 
-    def dramatiq_flow() -> float:
+    def dramatiq_flow() -> Timing:
         counted.reset(n)
         name = f"{queue}-dramatiq"
         broker = RabbitmqBroker(url=url)
@@ -203,11 +201,11 @@ def cases(rig: Rig) -> list[Case]:
         worker.queue_prefetch = PREFETCH
         worker.start()
         try:
-            start = time.perf_counter()
+            stop = stopwatch()
             for i in range(n):
                 actor.send(i, FILL)
             counted.wait()
-            elapsed = time.perf_counter() - start
+            elapsed = stop()
         finally:
             worker.stop()
             for q in (name, dq_name(name), xq_name(name)):
@@ -217,18 +215,18 @@ def cases(rig: Rig) -> list[Case]:
 
     def eventbus(
         count: int, *, concurrency: int = THREADS, dedup: bool = False, sleep: float = 0.0
-    ) -> Callable[[], float]:
-        def run() -> float:
+    ) -> Callable[[], Timing]:
+        def run() -> Timing:
             counted.reset(count)
             rig.handler_sleep = sleep
             messages = rig.messages(count)
             consumer: Bus = rig.consumer(concurrency=concurrency, prefetch=PREFETCH, dedup=dedup)
             consumer.start()
             try:
-                start = time.perf_counter()
+                stop = stopwatch()
                 rig.publisher.publish_many(messages)
                 counted.wait()
-                return time.perf_counter() - start
+                return stop()
             finally:
                 consumer.stop()
                 rig.handler_sleep = 0.0

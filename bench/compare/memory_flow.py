@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from eventbus import Bus, Registry
 
-from .common import Case, Countdown, Settings, timed
+from .common import Case, Countdown, Settings, Timing, stopwatch, timed
 
 FLOW = "memory"
 FASTSTREAM = "FastStream TestRabbitBroker"
@@ -53,7 +53,7 @@ def cases(settings: Settings) -> list[Case]:
     def orders(count: int) -> list[OrderPlaced]:
         return [OrderPlaced(f"o-{i}", "ada", i, "EUR", i % 2 == 0) for i in range(count)]
 
-    def faststream() -> float:
+    def faststream() -> Timing:
         broker = RabbitBroker(logger=None)
         queue = f"bench-memory-{settings.uid}"
 
@@ -66,21 +66,20 @@ def cases(settings: Settings) -> list[Case]:
             for i in range(slow)
         ]
 
-        async def main() -> float:
+        async def main() -> Timing:
             async with TestRabbitBroker(broker) as test:
                 await test.publish(models[0], queue)  # warm up
                 counted.reset(slow)
-                loop = asyncio.get_running_loop()
-                start = loop.time()
+                stop = stopwatch()
                 for model in models:
                     await test.publish(model, queue)
-                elapsed = loop.time() - start
+                elapsed = stop()
             counted.wait(0)
             return elapsed
 
         return asyncio.run(main())
 
-    def testing() -> float:
+    def testing() -> Timing:
         bus = Bus("bench", f"memory://bench-testing-{settings.uid}", registry=registry)
         messages = orders(n)
         with bus.testing() as session:
@@ -96,7 +95,7 @@ def cases(settings: Settings) -> list[Case]:
         counted.wait(0)
         return elapsed
 
-    def background(concurrency: int) -> float:
+    def background(concurrency: int) -> Timing:
         bus = Bus("bench", f"memory://bench-bg-{settings.uid}", registry=registry, concurrency=concurrency)
         messages = orders(n)
         counted.reset(n)

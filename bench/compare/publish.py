@@ -23,7 +23,7 @@ import pika
 from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange
 from pydantic import BaseModel
 
-from .common import FILL, MANIFEST, Case, raw_properties, timed
+from .common import FILL, MANIFEST, Case, Timing, raw_properties, stopwatch, timed
 from .rabbit import Rig
 
 FLOW = "publish"
@@ -42,15 +42,15 @@ def cases(rig: Rig) -> list[Case]:
     n, slow = rig.settings.messages, rig.settings.slow_messages
     queue, url = rig.queue, rig.url
 
-    def purged(run: Callable[[], float]) -> Callable[[], float]:
-        def wrapped() -> float:
+    def purged(run: Callable[[], Timing]) -> Callable[[], Timing]:
+        def wrapped() -> Timing:
             rig.admin.purge(queue)
             return run()
 
         return wrapped
 
-    def raw(count: int, confirm: bool) -> Callable[[], float]:
-        def run() -> float:
+    def raw(count: int, confirm: bool) -> Callable[[], Timing]:
+        def run() -> Timing:
             connection = pika.BlockingConnection(pika.URLParameters(url))
             channel = connection.channel()
             if confirm:
@@ -66,7 +66,7 @@ def cases(rig: Rig) -> list[Case]:
 
         return run
 
-    def kombu_confirmed() -> float:
+    def kombu_confirmed() -> Timing:
         with kombu.Connection(url, transport_options={"confirm_publish": True}) as connection:
             producer = connection.Producer()
             payloads = [{"n": i, "fill": FILL} for i in range(slow)]
@@ -80,16 +80,15 @@ def cases(rig: Rig) -> list[Case]:
 
             return timed(publish)
 
-    def faststream(count: int, gather: bool) -> Callable[[], float]:
-        async def main() -> float:
+    def faststream(count: int, gather: bool) -> Callable[[], Timing]:
+        async def main() -> Timing:
             broker = RabbitBroker(url, logger=None)
             exchange = RabbitExchange(rig.topic, type=ExchangeType.TOPIC, declare=False)
             models = [SampleModel(n=i, fill=FILL) for i in range(count)]
             await broker.start()
             try:
                 await broker.publish(SampleModel(n=-1, fill=FILL), exchange=exchange, routing_key=MANIFEST)
-                loop = asyncio.get_running_loop()
-                start = loop.time()
+                stop = stopwatch()
                 if gather:
                     for first in range(0, count, CHUNK):
                         await asyncio.gather(
@@ -101,18 +100,18 @@ def cases(rig: Rig) -> list[Case]:
                 else:
                     for m in models:
                         await broker.publish(m, exchange=exchange, routing_key=MANIFEST, persist=True)
-                return loop.time() - start
+                return stop()
             finally:
                 await broker.stop()
 
         return lambda: asyncio.run(main())
 
-    def eventbus_many() -> float:
+    def eventbus_many() -> Timing:
         messages = rig.messages(n)
         return timed(lambda: rig.publisher.publish_many(messages))
 
-    def eventbus_threads(count: int) -> Callable[[], float]:
-        def run() -> float:
+    def eventbus_threads(count: int) -> Callable[[], Timing]:
+        def run() -> Timing:
             messages = rig.messages(n)
             parts = [messages[i::count] for i in range(count)]
             workers = [

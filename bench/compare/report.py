@@ -1,8 +1,10 @@
 """From rounds of timings to the summary table, the targets, the results JSON and the chart.
 
 Every ratio is taken within a round (both sides measured minutes apart at most, under the same load
-from other work on the machine), then the median over the rounds is reported; msg/s is the median
-over the rounds too.
+from other work on the machine), then the median over the rounds is reported; msg/s and client CPU
+per message are medians over the rounds too. Client CPU is this process's CPU time (all threads,
+publisher and consumer alike, not the broker's) per message: other work on the machine slows the
+wall clock, much less the CPU a case needs.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .common import Case
+from .common import Case, Timing
 
-#: Seconds per case in one round, by (flow, case name).
-Round = dict[tuple[str, str], float]
+#: The timing of each case in one round, by (flow, case name).
+Round = dict[tuple[str, str], Timing]
 
 PACKAGES = ("eventbus", "pika", "kombu", "faststream", "aio-pika", "dramatiq", "pydantic", "boto3", "moto", "redis")
 
@@ -33,6 +35,7 @@ class Row:
     name: str
     messages: int
     rate: float  # median msg/s
+    cpu_us: float | None  # median client CPU µs per message
     ratio: float  # median of the within-round ratios to the flow's reference case
     eventbus: bool
     reference: bool
@@ -55,8 +58,12 @@ class Verdict:
     met: bool
 
 
-def rate(case: Case, seconds: float) -> float:
-    return case.messages / seconds
+def rate(case: Case, timing: Timing) -> float:
+    return case.messages / timing.wall
+
+
+def cpu_us(case: Case, timing: Timing) -> float | None:
+    return None if timing.cpu is None else timing.cpu / case.messages * 1e6
 
 
 def summarize(cases: list[Case], rounds: list[Round]) -> list[Row]:
@@ -68,6 +75,7 @@ def summarize(cases: list[Case], rounds: list[Round]) -> list[Row]:
         if not done:
             continue
         rates = [rate(case, r[_key(case)]) for r in done]
+        cpus = [c for c in (cpu_us(case, r[_key(case)]) for r in done) if c is not None]
         base = reference[case.flow]
         ratios = [rate(case, r[_key(case)]) / rate(base, r[_key(base)]) for r in done if _key(base) in r]
         rows.append(
@@ -76,6 +84,7 @@ def summarize(cases: list[Case], rounds: list[Round]) -> list[Row]:
                 case.name,
                 case.messages,
                 statistics.median(rates),
+                statistics.median(cpus) if cpus else None,
                 statistics.median(ratios) if ratios else float("nan"),
                 case.name.startswith("eventbus"),
                 case.reference,
@@ -87,7 +96,7 @@ def summarize(cases: list[Case], rounds: list[Round]) -> list[Row]:
 def judge(
     cases: list[Case], rounds: list[Round], targets: list[Target], max_us: tuple[str, str, float]
 ) -> list[Verdict]:
-    """Each target with its median within-round ratio; plus the µs-per-message ceiling ``max_us``."""
+    """Each target with its median within-round ratio; plus the ceiling ``max_us`` on client CPU µs per message."""
     by_name = {_key(case): case for case in cases}
     verdicts = []
     for target in targets:
@@ -112,25 +121,35 @@ def judge(
     flow, name, ceiling = max_us
     case = by_name.get((flow, name))
     if case is not None:
-        times = [r[_key(case)] / case.messages * 1e6 for r in rounds if _key(case) in r]
-        if times:
-            measured = statistics.median(times)
+        timings = [r[_key(case)] for r in rounds if _key(case) in r]
+        cpus = [c for c in (cpu_us(case, t) for t in timings) if c is not None]
+        if cpus:
+            measured = statistics.median(cpus)
+            wall = statistics.median(t.wall / case.messages * 1e6 for t in timings)
             verdicts.append(
-                Verdict(f"{flow}: {name} <= {ceiling:g} µs per message", f"{measured:.1f} µs", measured <= ceiling)
+                Verdict(
+                    f"{flow}: {name} <= {ceiling:g} µs of CPU per message",
+                    f"{measured:.1f} µs ({wall:.1f} wall)",
+                    measured <= ceiling,
+                )
             )
     return verdicts
 
 
 def markdown(rows: list[Row], titles: dict[str, str], verdicts: list[Verdict]) -> str:
     """The table (and the targets) in markdown."""
-    lines = ["| flow | case | messages | msg/s | µs/msg | ratio |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| flow | case | messages | msg/s | ratio | client CPU µs/msg |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     last = None
     for row in rows:
         flow = titles.get(row.flow, row.flow) if row.flow != last else ""
         last = row.flow
         name = f"**{row.name}**" if row.eventbus else row.name
         ratio = "1.00x (ref.)" if row.reference else f"{row.ratio:.2f}x"
-        lines.append(f"| {flow} | {name} | {row.messages:,} | {row.rate:,.0f} | {1e6 / row.rate:,.1f} | {ratio} |")
+        cpu = "-" if row.cpu_us is None else f"{row.cpu_us:,.1f}"
+        lines.append(f"| {flow} | {name} | {row.messages:,} | {row.rate:,.0f} | {ratio} | {cpu} |")
     lines += ["", "| target | measured | met |", "|---|---:|---|"]
     lines += [f"| {v.text} | {v.measured} | {'yes' if v.met else '**no**'} |" for v in verdicts]
     return "\n".join(lines)
@@ -144,11 +163,10 @@ def console(rows: list[Row], titles: dict[str, str], verdicts: list[Verdict]) ->
     for row in rows:
         if row.flow != last:
             out.append(f"\n{titles.get(row.flow, row.flow)}")
-            out.append(f"  {'case':<{width}} {'messages':>9} {'msg/s':>9} {'µs/msg':>9} {'ratio':>7}")
+            out.append(f"  {'case':<{width}} {'messages':>9} {'msg/s':>9} {'ratio':>7} {'CPU µs/msg':>11}")
             last = row.flow
-        out.append(
-            f"  {row.name:<{width}} {row.messages:>9,} {row.rate:>9,.0f} {1e6 / row.rate:>9,.1f} {row.ratio:>6.2f}x"
-        )
+        cpu = "-" if row.cpu_us is None else f"{row.cpu_us:,.1f}"
+        out.append(f"  {row.name:<{width}} {row.messages:>9,} {row.rate:>9,.0f} {row.ratio:>6.2f}x {cpu:>11}")
     out.append("\ntargets (ratios taken within each round, median over the rounds)")
     out += [f"  {'met   ' if v.met else 'MISSED'} {v.text}: {v.measured}" for v in verdicts]
     return "\n".join(out)
@@ -190,7 +208,13 @@ def save(
         "settings": settings,
         "rounds": [
             [
-                {"flow": c.flow, "case": c.name, "messages": c.messages, "seconds": r[_key(c)]}
+                {
+                    "flow": c.flow,
+                    "case": c.name,
+                    "messages": c.messages,
+                    "seconds": r[_key(c)].wall,
+                    "cpu_seconds": r[_key(c)].cpu,
+                }
                 for c in cases
                 if _key(c) in r
             ]

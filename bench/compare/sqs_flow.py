@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 from sqs import local_server, network_delay, run_eventbus, run_one_per_call
 
-from .common import Case, Settings
+from .common import Case, Settings, Timing
 
 FLOW = "sqs"
 TITLE = "SNS/SQS on a local server, end to end: publish, receive, handle, delete"
@@ -36,11 +36,12 @@ def cases(settings: Settings) -> Iterator[list[Case]]:
     with local_server(None) as endpoint, network_delay(endpoint, RTT) as distant:
 
         def pair(flow: str, url: str) -> list[Case]:
-            def one_per_call() -> float:
-                return run_one_per_call(url, n, backlog=False).total_seconds
+            # bench/sqs.py times the wall clock only; CPU here would count provisioning too.
+            def one_per_call() -> Timing:
+                return Timing(run_one_per_call(url, n, backlog=False).total_seconds, None)
 
-            def batched() -> float:
-                return run_eventbus(url, n, backlog=False, concurrency=4).total_seconds
+            def batched() -> Timing:
+                return Timing(run_eventbus(url, n, backlog=False, concurrency=4).total_seconds, None)
 
             return [
                 Case(flow, ONE_PER_CALL, n, one_per_call, reference=True),
