@@ -66,7 +66,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--messages", type=int, default=20_000, help="per case, for cases that pipeline")
     parser.add_argument(
-        "--slow-messages", type=int, default=4_000, help="per case, for cases that wait a round trip per message"
+        "--slow-messages",
+        type=int,
+        default=4_000,
+        help="per case, for the slow cases (a round trip per message; FastStream's TestRabbitBroker)",
     )
     parser.add_argument("--sqs-messages", type=int, default=300)
     parser.add_argument("--scaling-messages", type=int, default=1_000)
