@@ -35,9 +35,20 @@ lint: setup
 demo backend="memory": setup
     {{python}} -m examples.shop {{backend}}
 
-# Print the benchmark figures.
-bench: setup
-    {{python}} bench/memory.py
+bench_venv := ".bench-venv"
+
+# eventbus side by side with its peers (pika, Kombu, FastStream, Dramatiq), in their own venv.
+bench *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ ! -x {{bench_venv}}/bin/python ]; then python3 -m venv {{bench_venv}}; fi
+    stamp={{bench_venv}}/.installed
+    if [ ! -f "$stamp" ] || [ bench/requirements.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        {{bench_venv}}/bin/python -m pip install --quiet --upgrade pip
+        {{bench_venv}}/bin/python -m pip install --quiet -r bench/requirements.txt
+        touch "$stamp"
+    fi
+    {{bench_venv}}/bin/python bench/side_by_side.py {{args}}
 
 # The fault suite: worker processes killed and stopped under load, broker faults.
 faults *args: setup
