@@ -121,6 +121,7 @@ class Dispatcher:
         skipped: list[str] = []
         failures: list[Failure] = []
         dedup = self._dedup
+        debug = log.isEnabledFor(logging.DEBUG)
         for handler in handlers:
             if dedup is not None:
                 key = f"{self.service}:{handler.name}:{envelope.message_id}"
@@ -132,7 +133,7 @@ class Dispatcher:
                     failures.append(Failure(handler.name, None, "busy"))
                     continue
             try:
-                self._invoke(handler, message, envelope)
+                self._invoke(handler, message, envelope, debug)
             except Exception as error:
                 failure = Failure(handler.name, error, self._failure_action(handler, envelope))
                 failures.append(failure)
@@ -150,7 +151,7 @@ class Dispatcher:
             outcome = self._settle(delivery, message, handled, skipped, failures, handlers)
         if self._middleware.settled:
             call_quietly(self._middleware.settled, self.queue, outcome.envelope, outcome.action, outcome.reason)
-        if log.isEnabledFor(logging.DEBUG):
+        if debug:
             log.debug(
                 "%s %s %s attempt %d: %s%s%s",
                 self.queue,
@@ -166,9 +167,9 @@ class Dispatcher:
 
     # -- calling ----------------------------------------------------------
 
-    def _invoke(self, handler: HandlerSpec, message: Any, envelope: Envelope) -> None:
+    def _invoke(self, handler: HandlerSpec, message: Any, envelope: Envelope, debug: bool) -> None:
         chain = self._middleware
-        observed = chain.handles or log.isEnabledFor(logging.DEBUG)
+        observed = chain.handles or debug
         ctx = Context(self._bus, envelope, handler.name, self.queue) if handler.takes_context or observed else None
         args: tuple[Any, ...] = (message, ctx) if handler.takes_context else (message,)
         if not observed:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@attrs.frozen
+@attrs.define
 class Handled:
     """A handler ran successfully on a message."""
 
@@ -42,7 +42,7 @@ class Handled:
     envelope: Envelope
 
 
-@attrs.frozen
+@attrs.define
 class HandlerError:
     """A handler raised; ``action`` is what the bus did about it (retry, dead_letter, drop)."""
 
@@ -52,7 +52,7 @@ class HandlerError:
     envelope: Envelope
 
 
-@attrs.frozen
+@attrs.define
 class DeadLetter:
     """A message that was dead-lettered, with the reason and its ``error-*`` headers."""
 
@@ -66,7 +66,7 @@ class DeadLetter:
         return self.envelope.to_wire()
 
 
-@attrs.frozen
+@attrs.define
 class Retried:
     """A message scheduled for another attempt after ``delay`` seconds."""
 
