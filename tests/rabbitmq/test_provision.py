@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import pika
 import pytest
+from rabbitmq_services import declare
 from rabbitmq_support import Broker, listing
 
 from eventbus import Bus, Registry, TopologyConflictError
@@ -15,20 +15,9 @@ pytestmark = pytest.mark.rabbitmq
 
 
 def shop(registry: Registry, uid: str) -> Bus:
-    @registry.message(topic=f"orders-{uid}")
-    @attrs.frozen
-    class OrderPlaced:
-        order_id: str
-
-    @registry.message(topic=f"orders-{uid}")
-    @attrs.frozen
-    class OrderCancelled:
-        order_id: str
-
-    @registry.message(topic=f"payments-{uid}")
-    @attrs.frozen
-    class PaymentCharged:
-        order_id: str
+    types = declare(registry, uid)
+    OrderPlaced = types["OrderPlaced"]
+    PaymentCharged = types["PaymentCharged"]
 
     @registry.subscribe(OrderPlaced, PaymentCharged)
     def ship(event: Any) -> None: ...

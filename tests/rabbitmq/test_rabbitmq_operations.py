@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import attrs
 import pika
 import pytest
+from rabbitmq_services import declare
 from rabbitmq_support import Broker, listing
 
 from eventbus import Bus, Envelope, PublishError, Registry
@@ -21,20 +21,9 @@ pytestmark = pytest.mark.rabbitmq
 def shop(registry: Registry, uid: str, url: str) -> Bus:
     """Service ``svc-<uid>`` takes OrderPlaced and OrderCancelled from ``orders-<uid>``; ``payments-<uid>`` too."""
 
-    @registry.message(topic=f"orders-{uid}")
-    @attrs.frozen
-    class OrderPlaced:
-        order_id: str
-
-    @registry.message(topic=f"orders-{uid}")
-    @attrs.frozen
-    class OrderCancelled:
-        order_id: str
-
-    @registry.message(topic=f"payments-{uid}")
-    @attrs.frozen
-    class PaymentCharged:
-        order_id: str
+    types = declare(registry, uid)
+    OrderPlaced = types["OrderPlaced"]
+    OrderCancelled = types["OrderCancelled"]
 
     @registry.subscribe(OrderPlaced, OrderCancelled)
     def on_order(event: Any) -> None: ...
