@@ -21,7 +21,7 @@ import attrs
 from eventbus.backends.base import Consumer, DeliveryHandler
 from eventbus.backends.memory import MemoryBroker
 from eventbus.dispatch import Dispatcher, Outcome
-from eventbus.envelope import Envelope, new_message_id
+from eventbus.envelope import ERROR_REASON, Envelope, new_message_id
 from eventbus.errors import ConfigurationError, PublishError
 from eventbus.specs import message_spec
 from eventbus.topology import Topology
@@ -91,7 +91,7 @@ class _Delivery:
         self._session._pending.append((self.queue, envelope))
 
     def dead_letter(self, envelope: Envelope) -> None:
-        reason = envelope.headers.get("error-reason", "")
+        reason = envelope.headers.get(ERROR_REASON, "")
         self._session.dead_letters.append(DeadLetter(self.queue, reason, envelope))
         self._session._broker.put(self._session._broker.dead_letter_queue(self.queue), envelope)
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from types import SimpleNamespace
 from typing import Any
+
+import attrs
+
+from eventbus import Registry
 
 
 def queue_url(sqs: Any, name: str) -> str:
@@ -108,3 +113,31 @@ class Proxy:
         finally:
             with contextlib.suppress(OSError):
                 target.shutdown(socket.SHUT_WR)
+
+
+def declare_shop(registry: Registry) -> SimpleNamespace:
+    """The message types these tests share: two on ``orders``, one on ``payments``, one on FIFO ``audit.fifo``."""
+
+    @registry.message(topic="orders")
+    @attrs.frozen
+    class OrderPlaced:
+        order_id: str
+
+    @registry.message(topic="orders")
+    @attrs.frozen
+    class OrderCancelled:
+        order_id: str
+
+    @registry.message(topic="payments")
+    @attrs.frozen
+    class PaymentFailed:
+        order_id: str
+
+    @registry.message(topic="audit.fifo", group_by="order_id")
+    @attrs.frozen
+    class Audited:
+        order_id: str
+
+    return SimpleNamespace(
+        OrderPlaced=OrderPlaced, OrderCancelled=OrderCancelled, PaymentFailed=PaymentFailed, Audited=Audited
+    )

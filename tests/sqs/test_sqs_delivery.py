@@ -308,9 +308,11 @@ def test_stop_finishes_in_flight_and_returns_the_rest(
     assert started.wait(10)
     wait_until(lambda: queue_counts(sqs, f"{prefix}billing")[1] == 5, 10)  # all five received
 
+    (consumer,) = bus._consumers
     stopper = threading.Thread(target=bus.stop, kwargs={"timeout": 10})
     stopper.start()
-    time.sleep(0.5)
+    # Release the handler only once the consumer stopped taking messages, or it would take the next one.
+    wait_until(consumer._stopping.is_set, 10, message="the consumer to begin stopping")  # type: ignore[attr-defined]
     release.set()
     stopper.join(15)
 

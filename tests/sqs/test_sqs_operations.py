@@ -7,9 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import pytest
-from sqs_helpers import queue_counts, queue_url, receive_all
+from sqs_helpers import declare_shop, queue_counts, queue_url, receive_all
 
 from eventbus import Bus, Envelope, PublishError, Registry
 from eventbus.backends.sqs import SqsBackend, wire
@@ -20,32 +19,13 @@ pytestmark = pytest.mark.sqs
 def shop(make_bus: Callable[..., Bus], url: str | None = None) -> tuple[Bus, SqsBackend]:
     """Service ``svc`` takes OrderPlaced and OrderCancelled from ``orders``, Audited from ``audit.fifo``."""
     registry = Registry()
+    kinds = declare_shop(registry)
 
-    @registry.message(topic="orders")
-    @attrs.frozen
-    class OrderPlaced:
-        order_id: str
-
-    @registry.message(topic="orders")
-    @attrs.frozen
-    class OrderCancelled:
-        order_id: str
-
-    @registry.message(topic="payments")
-    @attrs.frozen
-    class PaymentCharged:
-        order_id: str
-
-    @registry.message(topic="audit.fifo", group_by="order_id")
-    @attrs.frozen
-    class Audited:
-        order_id: str
-
-    @registry.subscribe(OrderPlaced, OrderCancelled)
+    @registry.subscribe(kinds.OrderPlaced, kinds.OrderCancelled)
     def on_order(event: Any) -> None: ...
 
-    @registry.subscribe(Audited)
-    def on_audit(event: Audited) -> None: ...
+    @registry.subscribe(kinds.Audited)
+    def on_audit(event: Any) -> None: ...
 
     bus = make_bus("svc", registry, url)
     backend = bus.backend

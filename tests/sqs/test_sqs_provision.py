@@ -6,9 +6,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import pytest
-from sqs_helpers import queue_url
+from sqs_helpers import declare_shop, queue_url
 
 from eventbus import Bus, ConfigurationError, Registry
 from eventbus.backends import from_url
@@ -19,32 +18,13 @@ pytestmark = pytest.mark.sqs
 
 def _registry(*, handle_payments: bool = True) -> Registry:
     registry = Registry()
+    kinds = declare_shop(registry)
 
-    @registry.message(topic="orders")
-    @attrs.frozen
-    class OrderPlaced:
-        order_id: str
-
-    @registry.message(topic="orders")
-    @attrs.frozen
-    class OrderCancelled:
-        order_id: str
-
-    @registry.message(topic="payments")
-    @attrs.frozen
-    class PaymentFailed:
-        order_id: str
-
-    @registry.message(topic="audit.fifo", group_by="order_id")
-    @attrs.frozen
-    class Audited:
-        order_id: str
-
-    @registry.subscribe(OrderPlaced, *([PaymentFailed] if handle_payments else []))
+    @registry.subscribe(kinds.OrderPlaced, *([kinds.PaymentFailed] if handle_payments else []))
     def on_order(event: Any) -> None: ...
 
-    @registry.subscribe(Audited)
-    def on_audit(event: Audited) -> None: ...
+    @registry.subscribe(kinds.Audited)
+    def on_audit(event: Any) -> None: ...
 
     return registry
 
